@@ -1,0 +1,29 @@
+# The whole set-up: `make demo` and `make test`. Both build .venv from nothing when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := demo_out
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 400 --size 64 --seed 0
+	$(BIN)/fgbg inspect $(DEMO)/data
+
+test: venv
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

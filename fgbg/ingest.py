@@ -1,0 +1,65 @@
+"""Ray Data ingest: manifest rows → a Ray Dataset decoded in parallel into fixed-shape arrays.
+
+The manifest (four member paths per sample) is small, so it is what gets shuffled; the images are
+read and decoded by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping its zips
+open and its decoded backgrounds. The result feeds `TorchTrainer(datasets=...)`; in the training
+loop, `drop_bad` removes samples skipped under `on_bad="skip"` and counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from .layout import Manifest
+from .reader import decode_batch
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How samples are decoded: sizes, augmentation, what to do with bad files, block size."""
+
+    size: int = 160
+    depth_size: int | None = None  # default: size // 2, the model's depth output
+    on_bad: str = "error"  # or "skip": drop the sample and count it
+    rows_per_block: int = 64  # manifest rows per Ray Data block: the unit of parallel decoding
+
+
+def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), train: bool = False, shuffle: bool | None = None) -> ray.data.Dataset:
+    """A Ray Dataset of decoded samples from manifest rows whose `source` is absolute (Manifest.with_paths).
+
+    Training sets are shuffled (the manifest, anew each time the dataset is iterated) and augmented.
+    """
+    shuffle = train if shuffle is None else shuffle
+    n = max(1, config.rows_per_block)
+    blocks = [table.slice(i, n) for i in range(0, table.num_rows, n)] or [table]
+    ds = ray.data.from_arrow(blocks)
+    if shuffle:
+        ds = ds.random_shuffle()
+    return ds.map_batches(
+        decode_batch,
+        batch_size=n,
+        batch_format="numpy",
+        fn_kwargs={"size": config.size, "depth_size": config.depth_size, "train": train, "on_bad": config.on_bad},
+    )
+
+
+def split_datasets(manifest: Manifest, config: IngestConfig = IngestConfig(), test_batches=None) -> dict[str, ray.data.Dataset]:
+    """{"train": augmented and shuffled, "test": plain} Ray Datasets; the last batch is the test set by default."""
+    return {
+        name: build_dataset(manifest.with_paths(table), config, train=(name == "train"))
+        for name, table in manifest.split(test_batches).items()
+        if table.num_rows
+    }
+
+
+def drop_bad(batch: dict) -> tuple[dict, int]:
+    """A batch without the samples marked bad, and how many there were (numpy or torch batches)."""
+    bad = batch["bad"]
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return {k: v for k, v in batch.items() if k != "bad"}, 0
+    keep = bad == 0
+    return {k: v[keep] for k, v in batch.items() if k != "bad"}, n_bad

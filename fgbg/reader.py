@@ -1,0 +1,153 @@
+"""Plain single-process reading of samples: bytes from zips or folders, JPEG decode, augmentation.
+
+Ray Data runs `decode_batch` in parallel (fgbg.ingest); tests and benchmarks call it directly.
+Arrays come out fixed-shape: fg_bg and bg 3×H×W float32 in [0, 1], mask 1×H×W in {0, 1},
+depth 1×h×w in [0, 1] (h = H // 2, the model's depth output).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import BadSample
+
+_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
+_BG_CACHE: OrderedDict = OrderedDict()
+_BG_CACHE_SIZE = 512  # decoded backgrounds kept per process (≈ 77 KB each at 160×160)
+
+
+def read_member(source: str, member: str) -> bytes:
+    """The bytes of one file of a batch (zip read in place, or folder)."""
+    try:
+        if source.endswith(".zip"):
+            key = (os.getpid(), source)  # a forked child must not share its parent's file offset
+            zf = _ZIPS.get(key)
+            if zf is None:
+                zf = _ZIPS[key] = zipfile.ZipFile(source)
+            return zf.read(member)
+        return (Path(source) / member).read_bytes()
+    except KeyError:
+        raise BadSample(source, member, "missing") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise BadSample(source, member, f"unreadable ({e})") from None
+
+
+def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?", member: str = "?") -> np.ndarray:
+    """A JPEG decoded to uint8 H×W(×3) in mode 'RGB' or 'L', resized to size (w, h)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format != "JPEG":
+            raise BadSample(source, member, f"not a JPEG (found {img.format})")
+        img.draft(mode, size)  # let libjpeg decode at a reduced scale when much smaller is wanted
+        img = img.convert(mode)
+        if img.size != size:
+            img = img.resize(size, Image.BILINEAR)
+        return np.asarray(img)
+    except BadSample:
+        raise
+    except Exception as e:  # PIL raises many kinds for broken or truncated files
+        raise BadSample(source, member, f"undecodable or truncated JPEG ({e})") from None
+
+
+def _background(source: str, member: str, size: int) -> np.ndarray:
+    """A background decoded once per process and kept: many samples share each one."""
+    key = (source, member, size)
+    arr = _BG_CACHE.get(key)
+    if arr is None:
+        arr = decode_image(read_member(source, member), "RGB", (size, size), source, member)
+        _BG_CACHE[key] = arr
+        if len(_BG_CACHE) > _BG_CACHE_SIZE:
+            _BG_CACHE.popitem(last=False)
+    else:
+        _BG_CACHE.move_to_end(key)
+    return arr
+
+
+def load_sample(row: dict, size: int, depth_size: int) -> dict[str, np.ndarray]:
+    """One manifest row (with absolute `source`) decoded to uint8 arrays at the model's sizes."""
+    src = row["source"]
+    return {
+        "fg_bg": decode_image(read_member(src, row["fg_bg"]), "RGB", (size, size), src, row["fg_bg"]),
+        "bg": _background(src, row["bg"], size),
+        "mask": decode_image(read_member(src, row["mask"]), "L", (size, size), src, row["mask"]),
+        "depth": decode_image(read_member(src, row["depth"]), "L", (depth_size, depth_size), src, row["depth"]),
+    }
+
+
+def to_arrays(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """uint8 images to the model's float layout: channels first, [0, 1], mask thresholded at 128."""
+    return {
+        "fg_bg": sample["fg_bg"].transpose(2, 0, 1).astype(np.float32) / 255.0,
+        "bg": sample["bg"].transpose(2, 0, 1).astype(np.float32) / 255.0,
+        "mask": (sample["mask"] >= 128).astype(np.float32)[None],
+        "depth": sample["depth"].astype(np.float32)[None] / 255.0,
+    }
+
+
+def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Training augmentation: a joint horizontal flip of inputs and targets; jitter on inputs only.
+
+    The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
+    contrast and saturation are jittered together, then each gets a little exposure change and noise.
+    """
+    out = dict(arrays)
+    if rng.random() < 0.5:
+        out = {k: np.ascontiguousarray(v[..., ::-1]) for k, v in out.items()}
+    brightness, contrast, saturation = (float(x) for x in rng.uniform(0.75, 1.25, size=3))
+    for key in ("fg_bg", "bg"):
+        img = out[key] * (brightness * float(rng.uniform(0.95, 1.05)))
+        mean = img.mean()
+        img = (img - mean) * contrast + mean
+        gray = img.mean(axis=0, keepdims=True)
+        img = (img - gray) * saturation + gray
+        img = img + rng.normal(0.0, rng.uniform(0.0, 0.03), size=img.shape).astype(np.float32)
+        out[key] = np.clip(img, 0.0, 1.0, dtype=np.float32)
+    return out
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    size: int = 160,
+    depth_size: int | None = None,
+    train: bool = False,
+    on_bad: str = "error",
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """A batch of manifest rows to stacked arrays, plus `bad` (1 where a sample was skipped).
+
+    on_bad="error" raises BadSample naming the zip and member; "skip" zero-fills the sample and
+    marks it bad, so that the consumer drops it and counts it (fgbg.ingest.drop_bad).
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
+    depth_size = depth_size or size // 2
+    n = len(batch["fg_bg"])
+    out = {
+        "fg_bg": np.zeros((n, 3, size, size), np.float32),
+        "bg": np.zeros((n, 3, size, size), np.float32),
+        "mask": np.zeros((n, 1, size, size), np.float32),
+        "depth": np.zeros((n, 1, depth_size, depth_size), np.float32),
+        "bad": np.zeros(n, np.uint8),
+    }
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        row = {k: str(batch[k][i]) for k in ("source", "fg_bg", "bg", "mask", "depth")}
+        try:
+            arrays = to_arrays(load_sample(row, size, depth_size))
+        except BadSample:
+            if on_bad == "error":
+                raise
+            out["bad"][i] = 1
+            continue
+        if train:
+            arrays = augment(arrays, rng)
+        for key, value in arrays.items():
+            out[key][i] = value
+    return out
