@@ -33,7 +33,7 @@ def read_member(source: str, member: str) -> bytes:
                 zf = _ZIPS[key] = zipfile.ZipFile(source)
             return zf.read(member)
         return (Path(source) / member).read_bytes()
-    except KeyError:
+    except (KeyError, FileNotFoundError):
         raise BadSample(source, member, "missing") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise BadSample(source, member, f"unreadable ({e})") from None

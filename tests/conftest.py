@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real local Ray cluster for the whole test session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A tiny synthetic dataset in zips: 2 batches × 24 samples at 32×32."""
+    from fgbg.synth import SynthSpec, write_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(SynthSpec(str(root), batches=2, per_batch=24, size=32, seed=1), workers=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path, monkeypatch):
+    """Manifest caches that cannot sit next to the data go to a per-test folder, not ~/.cache."""
+    monkeypatch.setenv("FGBG_CACHE", str(tmp_path / "fgbg-cache"))
