@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 
 from .layout import Manifest
-from .reader import decode_batch
+from .reader import PAD, decode_batch
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,23 @@ def split_datasets(manifest: Manifest, config: IngestConfig = IngestConfig(), te
     }
 
 
+def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
+    """The table with copies of its first row, marked as padding, up to a multiple of `multiple` rows.
+
+    Ray Train splits a dataset into equal shards by dropping the remainder; padding instead keeps
+    every sample in the evaluation, and the padding is dropped after decoding.
+    """
+    extra = (-table.num_rows) % max(multiple, 1)
+    if extra == 0 or table.num_rows == 0:
+        return table
+    pad = table.slice(0, 1).to_pylist()[0] | {"sample": PAD}
+    return pa.concat_tables([table, pa.Table.from_pylist([pad] * extra, schema=table.schema)])
+
+
 def drop_bad(batch: dict) -> tuple[dict, int]:
-    """A batch without the samples marked bad, and how many there were (numpy or torch batches)."""
+    """A batch without skipped samples and padding, and how many samples were skipped (numpy or torch)."""
     bad = batch["bad"]
-    n_bad = int(bad.sum())
-    if n_bad == 0:
+    if not bad.any():
         return {k: v for k, v in batch.items() if k != "bad"}, 0
     keep = bad == 0
-    return {k: v[keep] for k, v in batch.items() if k != "bad"}, n_bad
+    return {k: v[keep] for k, v in batch.items() if k != "bad"}, int((bad == 1).sum())

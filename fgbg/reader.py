@@ -20,6 +20,7 @@ from .errors import BadSample
 
 _ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
 _BG_CACHE: OrderedDict = OrderedDict()
+PAD = ""  # the `sample` of rows added only to give every worker an equal shard
 _BG_CACHE_SIZE = 512  # decoded backgrounds kept per process (≈ 77 KB each at 160×160)
 
 
@@ -120,7 +121,7 @@ def decode_batch(
     on_bad: str = "error",
     seed: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """A batch of manifest rows to stacked arrays, plus `bad` (1 where a sample was skipped).
+    """A batch of manifest rows to stacked arrays, plus `bad`: 1 where a sample was skipped, 2 for padding.
 
     on_bad="error" raises BadSample naming the zip and member; "skip" zero-fills the sample and
     marks it bad, so that the consumer drops it and counts it (fgbg.ingest.drop_bad).
@@ -139,6 +140,9 @@ def decode_batch(
     rng = np.random.default_rng(seed)
     for i in range(n):
         row = {k: str(batch[k][i]) for k in ("source", "fg_bg", "bg", "mask", "depth")}
+        if "sample" in batch and batch["sample"][i] == PAD:
+            out["bad"][i] = 2  # padding that evens out shards: dropped, not counted as bad
+            continue
         try:
             arrays = to_arrays(load_sample(row, size, depth_size))
         except BadSample:

@@ -1,0 +1,93 @@
+"""One configuration for a training run: every default visible here, loadable from YAML, overridable by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import FgbgError
+
+
+@dataclass
+class Config:
+    # data
+    data: str = ""  # dataset root: batch{K}_images.zip files or batch{K}/ folders
+    test_batches: list[int] | None = None  # default: the last batch
+    size: int = 160  # input side in pixels (a multiple of 16); depth is size // 2
+    on_bad: str = "error"  # "skip": drop bad samples and count them in the epoch's metrics
+    train_samples: int | None = None  # use only the first N training samples (quick runs)
+    test_samples: int | None = None  # use only the first N test samples
+    # model
+    width: float = 1.0  # multiplies every stage's width: 32-64-128-256-256 at 1.0
+    widths: list[int] | None = None  # or set the five stage widths directly
+    separate_decoders: bool = False  # give depth its own decoder (the original shares one)
+    # loss: w_mask·BCE(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
+    w_mask: float = 1.0
+    w_depth: float = 1.0
+    w_depth_l1: float = 0.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 32  # global: split evenly over the workers
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_factor: float = 0.8  # ReduceLROnPlateau on the test loss
+    lr_patience: int = 2
+    seed: int = 0
+    channels_last: bool = True
+    amp: bool = True  # mixed precision, on GPU only
+    # run
+    out: str = "runs"  # storage path: every run is a folder under it
+    name: str = ""  # run name; re-running with the same name resumes (default: derived from the time)
+    workers: int = 1  # data-parallel training workers
+    gpu: bool = False
+    cpus_per_worker: float = 1
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    log_every: int = 10  # steps between progress lines
+    extra: dict = field(default_factory=dict)  # free-form notes carried into the run directory
+
+    def __post_init__(self):
+        if self.size % 16 or self.size < 16:
+            raise FgbgError(f"size must be a multiple of 16 (the UNet halves it four times), not {self.size}")
+        if self.on_bad not in ("error", "skip"):
+            raise FgbgError(f"on_bad must be 'error' or 'skip', not {self.on_bad!r}")
+        if self.workers < 0:
+            raise FgbgError(f"workers must be ≥ 0 (0 runs in this process), not {self.workers}")
+        if self.batch_size < max(1, self.workers):
+            raise FgbgError(f"batch_size {self.batch_size} is smaller than the {self.workers} workers it is split over")
+        if self.widths is not None and len(self.widths) != 5:
+            raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
+
+    @property
+    def run_dir(self) -> str:
+        return str(Path(self.out) / self.name) if "://" not in self.out else f"{self.out.rstrip('/')}/{self.name}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FgbgError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides) -> "Config":
+        """The config from a YAML file (or the defaults), with the overrides that are not None on top."""
+        values: dict = {}
+        if path:
+            try:
+                values = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise FgbgError(f"{path}: cannot read the config ({e})") from None
+            if not isinstance(values, dict):
+                raise FgbgError(f"{path}: expected a mapping of config keys, found {type(values).__name__}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, source=path or "config")

@@ -1,0 +1,102 @@
+"""The depthwise-separable UNet: (fg_bg, bg) → (mask logits at full size, depth at half size)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STAGES = (32, 64, 128, 256, 256)  # encoder widths at width 1.0, full size down to 1/16
+
+
+class SeparableConv(nn.Sequential):
+    """A depthwise 3×3 convolution then a pointwise 1×1 one, each with BatchNorm and ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(
+            nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+            nn.BatchNorm2d(in_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """Two separable convolutions: one UNet stage."""
+
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None):
+        super().__init__(SeparableConv(in_ch, mid_ch or out_ch), SeparableConv(mid_ch or out_ch, out_ch))
+
+
+class Down(nn.Sequential):
+    """Max-pool by 2, then a stage."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_ch, out_ch))
+
+
+class Up(nn.Module):
+    """Bilinear upsampling by 2, concatenation with the skip connection, then a stage."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.conv = DoubleConv(in_ch, out_ch, mid_ch=in_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class Decoder(nn.Module):
+    """Up stages from the bottleneck: to half size (for depth), then on to full size (for the mask)."""
+
+    def __init__(self, widths: tuple[int, ...], to_full: bool = True):
+        super().__init__()
+        w0, w1, w2, w3, w4 = widths
+        self.to_half = nn.ModuleList([Up(w4 + w3, w2), Up(w2 + w2, w1), Up(w1 + w1, w0)])
+        self.to_full = Up(w0 + w0, w0) if to_full else None
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        x = feats[4]
+        for up, skip in zip(self.to_half, (feats[3], feats[2], feats[1])):
+            x = up(x, skip)
+        return (self.to_full(x, feats[0]) if self.to_full is not None else None), x
+
+
+def stage_widths(width: float = 1.0, widths: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Encoder widths: explicit per-stage widths, else STAGES × width (at least 4, multiples of 4)."""
+    if widths is not None:
+        if len(widths) != 5 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"widths must be 5 positive channel counts, got {widths}")
+        return tuple(int(w) for w in widths)
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return tuple(max(4, int(round(w * width / 4)) * 4) for w in STAGES)
+
+
+class UNet(nn.Module):
+    """Mask and depth from fg_bg and bg (6 input channels); image sides must be multiples of 16.
+
+    width scales every stage (the sweep's "depthwise widths" knob); widths sets each stage;
+    separate_decoders gives depth its own decoder (the original shares one).
+    """
+
+    def __init__(self, width: float = 1.0, widths: tuple[int, ...] | None = None, separate_decoders: bool = False):
+        super().__init__()
+        self.widths = w = stage_widths(width, widths)
+        self.inc = DoubleConv(6, w[0])
+        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:]))
+        self.decoder = Decoder(w)
+        self.depth_decoder = Decoder(w, to_full=False) if separate_decoders else None
+        self.mask_head = nn.Conv2d(w[0], 1, 1)
+        self.depth_head = nn.Conv2d(w[0], 1, 1)
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = [self.inc(torch.cat([fg_bg, bg], dim=1))]
+        for down in self.downs:
+            feats.append(down(feats[-1]))
+        full, half = self.decoder(feats)
+        if self.depth_decoder is not None:
+            _, half = self.depth_decoder(feats)
+        return self.mask_head(full), torch.sigmoid(self.depth_head(half))

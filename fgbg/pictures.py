@@ -1,0 +1,52 @@
+"""Pictures: result grids (bg, fg_bg, true/predicted mask, true/predicted depth in plasma) and single maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+COLUMNS = ("bg", "fg_bg", "mask", "mask (predicted)", "depth", "depth (predicted)")
+
+
+def plasma(depth: np.ndarray) -> np.ndarray:
+    """A depth map in [0, 1] (H×W) as an RGB uint8 image in the plasma colormap."""
+    return (colormaps["plasma"](np.clip(depth, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def gray(mask: np.ndarray) -> np.ndarray:
+    return np.repeat((np.clip(mask, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    """3×H×W float in [0, 1] to H×W×3 uint8."""
+    return (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[0] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.NEAREST))
+
+
+def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, rows: int = 8) -> np.ndarray:
+    """One row per sample: bg, fg_bg, true mask, predicted mask, true depth, predicted depth (uint8 H×W×3)."""
+    n = min(rows, len(batch["fg_bg"]))
+    size = batch["fg_bg"].shape[-1]
+    out = []
+    for i in range(n):
+        tiles = [
+            rgb(batch["bg"][i].float().cpu().numpy()),
+            rgb(batch["fg_bg"][i].float().cpu().numpy()),
+            gray(batch["mask"][i, 0].float().cpu().numpy()),
+            gray((torch.sigmoid(mask_logits[i, 0].float()) > 0.5).float().cpu().numpy()),
+            plasma(batch["depth"][i, 0].float().cpu().numpy()),
+            plasma(depth[i, 0].float().cpu().numpy()),
+        ]
+        out.append(np.concatenate([_resize(t, size) for t in tiles], axis=1))
+    return np.concatenate(out, axis=0)
+
+
+def save_png(image: np.ndarray, path) -> None:
+    Image.fromarray(image).save(path)

@@ -1,0 +1,351 @@
+"""Data-parallel training with Ray Train: the worker loop and the driver that launches it.
+
+The worker loop reads like plain PyTorch; its Ray touchpoints are `prepare_model`,
+`get_dataset_shard`, `get_checkpoint` and `report`. Every epoch each worker trains on its shard,
+evaluates on its share of the test set, all-reduces the metric sums, and rank 0 writes a
+checkpoint (model, optimiser, scheduler, epoch) that Ray Train persists under the run directory.
+Re-running the same run name picks up its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import FgbgError
+from .losses import MaskDepthLoss
+from .metrics import SetMetrics
+from .model import UNet
+
+
+def build_model(cfg: Config) -> UNet:
+    return UNet(width=cfg.width, widths=tuple(cfg.widths) if cfg.widths else None, separate_decoders=cfg.separate_decoders)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return {k: v.to(device, non_blocking=True).contiguous(memory_format=fmt) if v.dim() == 4 else v.to(device) for k, v in batch.items()}
+
+
+def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss_fn=None, channels_last: bool = False, on_first=None) -> SetMetrics:
+    """Metric sums of a model over an iterable of batches (bad samples and padding dropped)."""
+    from .ingest import drop_bad
+
+    metrics = SetMetrics(device)
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            batch, _ = drop_bad(batch)
+            if len(batch["fg_bg"]) == 0:
+                continue
+            batch = _to_device(batch, device, channels_last)
+            mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+            loss = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])[1]["loss"] if loss_fn else None
+            metrics.update(mask_logits, depth, batch["mask"], batch["depth"], loss)
+            if on_first is not None:
+                on_first(batch, mask_logits, depth)
+                on_first = None
+    return metrics
+
+
+def train_func_per_worker(loop_config: dict) -> None:
+    """One Ray Train worker: train, evaluate, all-reduce, checkpoint, report; every epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from .ingest import drop_bad
+
+    cfg = Config.from_dict(loop_config["config"])
+    say = _Say(loop_config.get("progress"))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+
+    model = build_model(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    loss_fn = MaskDepthLoss(cfg.w_mask, cfg.w_depth, cfg.w_depth_l1)
+    amp = cfg.amp and on_gpu
+    amp_dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    start_epoch, best_iou, step = 0, -1.0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_iou, step = state["epoch"] + 1, state["best_iou"], state["step"]
+        if rank == 0:
+            say(f"resuming after epoch {state['epoch'] + 1} of {cfg.epochs}")
+
+    writer = None
+    if rank == 0 and "://" not in cfg.run_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+    per_worker = max(1, cfg.batch_size // world)
+    steps_per_epoch = max(1, loop_config["train_samples"] // (per_worker * world))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t_epoch = time.perf_counter()
+        t_data = t_compute = 0.0
+        seen = skipped = 0
+        parts_sum: dict[str, float] = {}
+        batches = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2))
+        t_wait = time.perf_counter()
+        for i, batch in enumerate(batches):
+            batch, n_bad = drop_bad(batch)
+            skipped += n_bad
+            t0 = time.perf_counter()
+            t_data += t0 - t_wait
+            if len(batch["fg_bg"]) == 0:
+                t_wait = time.perf_counter()
+                continue
+            batch = _to_device(batch, device, cfg.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+            loss, parts = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
+            t_compute += t_wait - t0
+            n = len(batch["fg_bg"])
+            seen += n
+            step += 1
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+            if rank == 0 and (i + 1) % cfg.log_every == 0:
+                rate = seen * world / max(time.perf_counter() - t_epoch, 1e-9)
+                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {parts['loss']:.4f} {rate:.1f} samples/s")
+            if writer:
+                for k, v in parts.items():
+                    writer.add_scalar(f"step/{k}", v, step)
+        t_train = time.perf_counter() - t_epoch
+
+        def grid(batch, mask_logits, depth):
+            if writer:
+                from .pictures import result_grid
+
+                writer.add_image("test/results", result_grid(batch, mask_logits, depth), epoch + 1, dataformats="HWC")
+
+        sums = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last, grid).sums
+        train_sums = torch.tensor([seen, skipped, *[parts_sum.get(k, 0.0) for k in _PARTS]], dtype=torch.float64, device=device)
+        if world > 1 and dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(train_sums)
+        test = SetMetrics.compute(sums)
+        scheduler.step(test["loss"])
+        seen_all, skipped_all = int(train_sums[0]), int(train_sums[1])
+        metrics = {
+            "epoch": epoch + 1,
+            **{f"train_{k}": float(v) / max(seen_all, 1) for k, v in zip(_PARTS, train_sums[2:].tolist()) if k in parts_sum},
+            **{k: v for k, v in test.items() if k != "samples"},
+            "test_samples": test["samples"],
+            "train_samples": seen_all,
+            "skipped": skipped_all,
+            "samples_per_s": seen_all / max(t_train, 1e-9),
+            "lr": optimizer.param_groups[0]["lr"],
+            "time_compute": t_compute,
+            "time_data": t_data,
+        }
+        best_iou = max(best_iou, metrics["iou"])
+        metrics["best_iou"] = best_iou
+        metrics["time_other"] = time.perf_counter() - t_epoch - t_compute - t_data
+        if writer:
+            for k, v in metrics.items():
+                writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+            writer.flush()
+        if rank == 0:
+            say(
+                f"epoch {epoch + 1}/{cfg.epochs} done: train loss {metrics.get('train_loss', float('nan')):.4f} | test loss {metrics['loss']:.4f} "
+                f"IoU {metrics['iou']:.3f} SSIM {metrics['ssim']:.3f} RMSE {metrics['rmse']:.3f} | {metrics['samples_per_s']:.1f} samples/s"
+                + (f" | skipped {skipped_all} bad samples" if skipped_all else "")
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                state = {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best_iou": best_iou,
+                    "step": step,
+                }
+                torch.save(state, Path(tmp) / "state.pt")
+                torch.save(core.state_dict(), Path(tmp) / "model.pt")
+                (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+                (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+    if writer:
+        writer.close()
+
+
+_PARTS = ("loss", "loss_mask", "loss_depth_ssim", "loss_depth_l1")
+
+
+class _Say:
+    """Rank 0's progress lines: sent to the driver through a Ray queue, so that they show without Ray's logs."""
+
+    def __init__(self, queue=None):
+        self.queue = queue
+
+    def __call__(self, line: str) -> None:
+        if self.queue is None:
+            print(line, flush=True)
+        else:
+            self.queue.put_nowait(line)
+
+
+def _relay(queue, stop) -> None:
+    """Driver side: print progress lines as they arrive, until stop is set and the queue is empty."""
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            print(queue.get(timeout=0.5), flush=True)
+        except Empty:
+            if stop.is_set():
+                return
+        except Exception:  # the queue's actor is gone (cluster shut down): nothing more will come
+            return
+
+
+# ---------------------------------------------------------------- driver
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Join the cluster at address (or RAY_ADDRESS); else start a local single-node one.
+
+    Ray's own logs stay in its log files unless verbose; fgbg's progress reaches the terminal anyway.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(log_to_driver=verbose, logging_level="INFO" if verbose else "WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """(checkpoint folder, its metrics) for every checkpoint of a local run, oldest first."""
+    found = []
+    for metrics_file in Path(run_dir).glob("checkpoint_*/metrics.json"):
+        found.append((metrics_file.parent, json.loads(metrics_file.read_text())))
+    return sorted(found, key=lambda c: c[1]["epoch"])
+
+
+def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
+    """Train as configured; returns the last epoch's metrics and where the run lives."""
+    import logging
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .ingest import IngestConfig, build_dataset, pad_rows
+    from .layout import load_manifest
+
+    if not cfg.data:
+        raise FgbgError("no dataset given (--data DIR, or data: in the config)")
+    if not cfg.name:
+        cfg.name = time.strftime("run-%Y%m%d-%H%M%S")
+    if "://" not in cfg.out:
+        cfg.out = str(Path(cfg.out).resolve())
+    cfg.data = str(Path(cfg.data).resolve())
+    manifest = load_manifest(cfg.data)
+    if manifest.problems:
+        lines = "\n  ".join(str(p) for p in manifest.problems[:10])
+        more = f"\n  … and {len(manifest.problems) - 10} more" if len(manifest.problems) > 10 else ""
+        if cfg.on_bad == "error":
+            raise FgbgError(f"{cfg.data}: {len(manifest.problems)} problem(s) in the dataset (run `fgbg inspect`, or train with --on-bad skip):\n  {lines}{more}")
+        print(f"skipping {len(manifest.problems)} sample(s) or file(s) with problems found while indexing:\n  {lines}{more}")
+    split = manifest.split(cfg.test_batches)
+    train_table = split["train"].slice(0, cfg.train_samples) if cfg.train_samples else split["train"]
+    test_table = split["test"].slice(0, cfg.test_samples) if cfg.test_samples else split["test"]
+    if train_table.num_rows == 0 or test_table.num_rows == 0:
+        raise FgbgError(f"{cfg.data}: need training and test samples (found {train_table.num_rows} and {test_table.num_rows}; a dataset needs at least 2 batches, or set test_batches)")
+    world = max(cfg.workers, 1)
+    if train_table.num_rows < cfg.batch_size:
+        raise FgbgError(f"{train_table.num_rows} training samples are fewer than one batch of {cfg.batch_size}")
+
+    last = find_checkpoints(cfg.run_dir) if "://" not in cfg.run_dir else []
+    if last and last[-1][1]["epoch"] >= cfg.epochs:
+        print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
+        return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}
+
+    # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
+    connect(address, num_cpus=max(os.cpu_count() or 1, int(world * cfg.cpus_per_worker) + 1), verbose=verbose)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
+    datasets = {
+        "train": build_dataset(manifest.with_paths(train_table), ingest, train=True),
+        "test": build_dataset(manifest.with_paths(pad_rows(test_table, world)), ingest, train=False),
+    }
+    if "://" not in cfg.run_dir:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "config.yaml").write_text(cfg.to_yaml())
+    from ray.util.queue import Queue
+
+    progress = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_func_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "train_samples": train_table.num_rows, "progress": progress},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.out,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="iou", checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+    )
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(progress, stop), daemon=True)
+    relay.start()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise FgbgError(f"training failed: {_root_cause(e)}") from None
+    finally:
+        stop.set()
+        relay.join(timeout=10)
+        progress.shutdown()
+    return {"run_dir": cfg.run_dir, "metrics": result.metrics}
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost message of a chain of Ray errors (a BadSample names its zip and member)."""
+    seen = e
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else repr(seen)
