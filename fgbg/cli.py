@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import yaml
+
 from .errors import FgbgError
 
 
@@ -27,6 +29,63 @@ def _inspect(args) -> int:
     else:
         print(format_report(report))
     return 1 if report["problems"] else 0
+
+
+def _train(args) -> int:
+    from .config import Config
+    from .train import fit
+
+    overrides = dict(
+        data=args.data, out=args.out, name=args.name, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
+        size=args.size, width=args.width, lr=args.lr, on_bad=args.on_bad, train_samples=args.train_samples,
+        test_samples=args.test_samples, gpu=True if args.gpu else None,
+    )
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FgbgError(f"--set takes key=value, not {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = Config.load(args.config, **overrides)
+    result = fit(cfg, address=args.address, verbose=args.verbose)
+    m = result["metrics"]
+    print(f"run {result['run_dir']}: epoch {m['epoch']} IoU {m['iou']:.4f} SSIM {m['ssim']:.4f} RMSE {m['rmse']:.4f} (best IoU {m['best_iou']:.4f})")
+    print(f"  tensorboard --logdir {result['run_dir']}/tensorboard")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    r = evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size, on_bad=args.on_bad, address=args.address)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['samples']} samples ({r['split']}): IoU {r['iou']:.4f} (flattened {r['iou_flat']:.4f})  SSIM {r['ssim']:.4f}  RMSE {r['rmse']:.4f}  δ<1.25 {r['delta1']:.4f}")
+        print(f"  pictures: {r['pictures']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .evaluate import predict
+
+    for item in predict(args.checkpoint, args.fg_bg, args.bg, args.out):
+        print(f"{item['fg_bg']}: {item['mask']}, {item['depth']}")
+    return 0
+
+
+def _profile(args) -> int:
+    from .profiling import profile_model
+
+    r = profile_model(width=args.width, size=args.size, batch=args.batch, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(
+            f"width {r['width']} at {r['size']}x{r['size']}: {r['params'] / 1e6:.3f}M parameters, {r['macs'] / 1e6:.1f}M MACs per sample\n"
+            f"  inference {r['inference_samples_per_s']} samples/s, train step {r['train_samples_per_s']} samples/s "
+            f"(batch {r['batch']}, {r['threads']} threads)"
+        )
+    return 0
 
 
 def format_report(report: dict) -> str:
@@ -76,6 +135,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-batches", type=_batches, default=None, help="batches of the test split (default: the last)")
     p.add_argument("--workers", type=int, default=None, help="processes for decoding (default: one per core)")
     p.set_defaults(run=_inspect)
+
+    p = verbs.add_parser("train", help="train on Ray Train (a local cluster unless --address or RAY_ADDRESS)")
+    p.add_argument("--data", help="dataset root")
+    p.add_argument("--out", help="where runs live (default runs/); a run is OUT/NAME")
+    p.add_argument("--config", help="YAML file of config keys (see fgbg/config.py); flags override it")
+    p.add_argument("--name", help="run name; the same name again resumes the run")
+    p.add_argument("--workers", type=int, help="data-parallel workers (default 1; 0 trains in this process)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, mixed precision")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size, split over the workers")
+    p.add_argument("--size", type=int, help="input side in pixels, a multiple of 16 (default 160)")
+    p.add_argument("--width", type=float, help="width multiplier of every stage (default 1.0)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--on-bad", choices=["error", "skip"], help="on a bad sample: stop naming it (default), or skip and count it")
+    p.add_argument("--train-samples", type=int, help="train on the first N samples only")
+    p.add_argument("--test-samples", type=int, help="evaluate on the first N test samples only")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set w_depth=2 (repeatable)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs too")
+    p.set_defaults(run=_train)
+
+    p = verbs.add_parser("evaluate", help="metrics and a picture grid of a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
+    p.add_argument("--data", required=True, help="dataset root (any dataset in the layout)")
+    p.add_argument("--split", choices=["test", "all"], default="test")
+    p.add_argument("--out", help="folder for metrics.json and results.png (default: evaluation/ beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--on-bad", choices=["error", "skip"], default="error")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.set_defaults(run=_evaluate)
+
+    p = verbs.add_parser("predict", help="mask.png and depth.png for your own fg_bg and bg images")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
+    p.add_argument("--fg-bg", required=True, help="an image, or a folder of images")
+    p.add_argument("--bg", required=True, help="the background image, or a folder of them named like the fg_bg images")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.set_defaults(run=_predict)
+
+    p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_profile)
     return parser
 
 

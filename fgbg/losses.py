@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 
+def ssim_kernel(side: int) -> int:
+    """SSIM's Gaussian window: 11 as usual, smaller (odd) for depth maps under 11 pixels."""
+    return max(3, min(11, side if side % 2 else side - 1))
+
+
+def depth_ssim(depth, depth_true, reduction="elementwise_mean"):
+    return ssim(depth, depth_true, data_range=1.0, kernel_size=ssim_kernel(min(depth.shape[-2:])), reduction=reduction)
+
+
 class MaskDepthLoss(torch.nn.Module):
     """w_mask·BCE(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth); returns the total and its parts.
 
@@ -21,7 +30,7 @@ class MaskDepthLoss(torch.nn.Module):
     def forward(self, mask_logits, depth, mask_true, depth_true) -> tuple[torch.Tensor, dict[str, float]]:
         bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_true.float())
         depth, depth_true = depth.float(), depth_true.float()
-        ssim_loss = 1 - ssim(depth, depth_true, data_range=1.0)
+        ssim_loss = 1 - depth_ssim(depth, depth_true)
         total = self.w_mask * bce + self.w_depth * ssim_loss
         parts = {"loss_mask": bce.item(), "loss_depth_ssim": ssim_loss.item()}
         if self.w_depth_l1:

@@ -8,7 +8,8 @@ fraction of pixels with max(pred/true, true/pred) < 1.25 (pixels where the true 
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+from .losses import depth_ssim
 
 FIELDS = ("images", "iou_sum", "inter", "union", "ssim_sum", "sq_err", "pixels", "delta_ok", "delta_pixels", "loss_sum")
 
@@ -27,7 +28,7 @@ class SetMetrics:
         union = (pred | true).sum(1).double()
         per_image_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))  # both empty: perfect
         depth, depth_true = depth.float(), depth_true.float()
-        per_image_ssim = ssim(depth, depth_true, data_range=1.0, reduction="none")
+        per_image_ssim = depth_ssim(depth, depth_true, reduction="none")
         valid = depth_true >= 1 / 255
         ratio = torch.maximum(depth / depth_true.clamp(min=1e-6), depth_true / depth.clamp(min=1e-6))
         n = mask_logits.shape[0]

@@ -44,7 +44,7 @@ def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, row
             plasma(batch["depth"][i, 0].float().cpu().numpy()),
             plasma(depth[i, 0].float().cpu().numpy()),
         ]
-        out.append(np.concatenate([_resize(t, size) for t in tiles], axis=1))
+        out.append(np.concatenate([_resize(t, max(size, 128)) for t in tiles], axis=1))
     return np.concatenate(out, axis=0)
 
 

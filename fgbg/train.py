@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .errors import FgbgError
+from .errors import BadSample, FgbgError
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
 from .model import UNet
@@ -333,8 +334,13 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     relay.start()
     try:
         result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        raise FgbgError(f"training failed: {_root_cause(e)}") from None
+    except Exception as e:
+        bad = bad_sample_message(e)
+        if bad is not None:
+            raise FgbgError(f"{bad} (run `fgbg inspect`, or train with --on-bad skip)") from None
+        if isinstance(e, ray.train.TrainingFailedError):
+            raise FgbgError(f"training failed: {e}") from e
+        raise
     finally:
         stop.set()
         relay.join(timeout=10)
@@ -342,10 +348,29 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     return {"run_dir": cfg.run_dir, "metrics": result.metrics}
 
 
-def _root_cause(e: BaseException) -> str:
-    """The innermost message of a chain of Ray errors (a BadSample names its zip and member)."""
-    seen = e
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__
-    text = str(seen).strip().splitlines()
-    return text[-1] if text else repr(seen)
+def bad_sample_message(error: BaseException) -> str | None:
+    """The BadSample message inside a chain of Ray errors (causes, per-worker failures), if there is one.
+
+    Ray Data passes a task's exception on as text, so the message is also looked for in the text.
+    """
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BadSample):
+            return str(e)
+        match = _BAD_SAMPLE_TEXT.search(str(e))
+        if match:
+            return match.group(1).strip()
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        for value in vars(e).values() if hasattr(e, "__dict__") else []:
+            if isinstance(value, dict):
+                todo += [v for v in value.values() if isinstance(v, BaseException)]
+            elif isinstance(value, BaseException):
+                todo.append(value)
+    return None
+
+
+_BAD_SAMPLE_TEXT = re.compile(r"fgbg\.errors\.BadSample: (.+)")

@@ -14,7 +14,8 @@ def ray_cluster(tmp_path_factory):
     """One real local Ray cluster for the whole test session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # 3 logical CPUs on 2 cores: two training workers and one for Ray Data decoding
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

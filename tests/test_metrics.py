@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from fgbg.losses import MaskDepthLoss
+from fgbg.metrics import SetMetrics
+
+
+def _logits(mask):
+    return torch.where(mask > 0, 5.0, -5.0)
+
+
+def test_iou_per_image_and_flattened_by_hand():
+    # image 1: true 4 pixels, predicted 2 of them + 2 others → inter 2, union 6
+    true1 = torch.zeros(4, 4)
+    true1[0, :] = 1
+    pred1 = torch.zeros(4, 4)
+    pred1[0, :2] = 1
+    pred1[1, :2] = 1
+    # image 2: perfect on 8 pixels → inter 8, union 8
+    true2 = torch.zeros(4, 4)
+    true2[2:, :] = 1
+    pred2 = true2.clone()
+    m = SetMetrics()
+    depth = torch.full((2, 1, 12, 12), 0.5)
+    m.update(_logits(torch.stack([pred1, pred2])[:, None]), depth, torch.stack([true1, true2])[:, None], depth)
+    r = SetMetrics.compute(m.sums)
+    assert r["iou"] == pytest.approx((2 / 6 + 1) / 2)
+    assert r["iou_flat"] == pytest.approx(10 / 14)
+    assert r["samples"] == 2
+
+
+def test_empty_masks_count_as_perfect_and_threshold_is_half_probability():
+    m = SetMetrics()
+    depth = torch.full((1, 1, 12, 12), 0.5)
+    empty = torch.zeros(1, 1, 4, 4)
+    m.update(torch.full((1, 1, 4, 4), -0.01), depth, empty, depth)  # sigmoid < 0.5 everywhere
+    assert SetMetrics.compute(m.sums)["iou"] == 1.0
+    m = SetMetrics()
+    m.update(torch.full((1, 1, 4, 4), 0.01), depth, empty + 1, depth)  # sigmoid > 0.5 everywhere
+    assert SetMetrics.compute(m.sums)["iou"] == 1.0
+
+
+def test_depth_metrics_by_hand_and_sums_add_up_across_parts():
+    true = torch.full((1, 1, 12, 12), 0.5)
+    pred = true.clone()
+    pred[0, 0, 3, 4] = 0.9
+    mask = torch.zeros(1, 1, 4, 4)
+    whole = SetMetrics()
+    whole.update(_logits(torch.cat([mask, mask])), torch.cat([pred, true]), torch.cat([mask, mask]), torch.cat([true, true]))
+    r = SetMetrics.compute(whole.sums)
+    assert r["rmse"] == pytest.approx((0.4**2 / 288) ** 0.5)
+    assert r["delta1"] == pytest.approx(287 / 288)  # 0.9 / 0.5 = 1.8 fails, the rest are exact
+    assert r["ssim"] < 1 and r["ssim"] > 0.5
+    # two "workers" each seeing one image: their summed sums give the same metrics
+    a, b = SetMetrics(), SetMetrics()
+    a.update(_logits(mask), pred, mask, true)
+    b.update(_logits(mask), true, mask, true)
+    assert SetMetrics.compute(a.sums + b.sums) == pytest.approx(r)
+
+
+def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16)
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    depth = torch.rand(2, 1, 16, 16)
+    total, parts = MaskDepthLoss(w_mask=2.0, w_depth=3.0, w_depth_l1=0.5)(logits, depth, mask, depth)
+    assert parts["loss_depth_ssim"] == pytest.approx(0.0, abs=1e-5)
+    assert parts["loss_depth_l1"] == 0.0
+    assert total.item() == pytest.approx(2.0 * parts["loss_mask"], rel=1e-5)
+    other = torch.rand(2, 1, 16, 16)
+    total, parts = MaskDepthLoss(1.0, 1.0)(logits, other, mask, depth)
+    assert total.item() == pytest.approx(parts["loss_mask"] + parts["loss_depth_ssim"], rel=1e-5)
+    assert parts["loss_depth_ssim"] > 0.5 and "loss_depth_l1" not in parts

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from fgbg.model import UNet, stage_widths
+from fgbg.profiling import count_macs
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+@pytest.mark.parametrize("kw", [{}, {"width": 0.25}, {"widths": (8, 8, 16, 16, 24)}, {"width": 0.25, "separate_decoders": True}])
+def test_output_shapes(size, kw):
+    model = UNet(**kw)
+    x = torch.rand(2, 3, size, size)
+    mask_logits, depth = model(x, x)
+    assert mask_logits.shape == (2, 1, size, size)
+    assert depth.shape == (2, 1, size // 2, size // 2)
+    assert depth.min() >= 0 and depth.max() <= 1
+
+
+def test_width_one_matches_the_design_size():
+    model = UNet()
+    assert model.widths == (32, 64, 128, 256, 256)
+    params = sum(p.numel() for p in model.parameters())
+    assert 500_000 <= params <= 750_000
+    macs = count_macs(model, 160)
+    assert 0.85e9 <= macs <= 0.90e9  # the original reports 892.8M
+    assert not any(hasattr(m, "total_ops") for m in model.modules())  # thop ran on a copy
+
+
+def test_width_scales_every_stage_and_separate_decoders_add_parameters():
+    assert stage_widths(0.5) == (16, 32, 64, 128, 128)
+    assert stage_widths(0.1) == (4, 8, 12, 24, 24)
+    shared = sum(p.numel() for p in UNet(width=0.5).parameters())
+    separate = sum(p.numel() for p in UNet(width=0.5, separate_decoders=True).parameters())
+    assert separate > shared
+    with pytest.raises(ValueError, match="5 positive"):
+        UNet(widths=(8, 8, 8))
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = UNet(width=0.25).eval()
+    x, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    ref = model(x, b)
+    cl = model.to(memory_format=torch.channels_last)
+    out = cl(x.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
+    for a, c in zip(ref, out):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,110 @@
+"""Training, resuming, evaluating and predicting on a real local Ray cluster, on tiny data."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fgbg.cli import main
+from fgbg.config import Config
+from fgbg.errors import FgbgError
+from fgbg.train import find_checkpoints, fit
+from original import rewrite_zip, write_original
+
+TINY = dict(size=32, width=0.25, batch_size=8, log_every=1, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_cluster, synth_data, tmp_path_factory):
+    """2 workers × 2 epochs; the test split cut to 23 samples, which does not split evenly."""
+    out = tmp_path_factory.mktemp("runs")
+    cfg = Config(data=str(synth_data), out=str(out), name="dp", epochs=2, workers=2, test_samples=23, **TINY)
+    return fit(cfg), cfg
+
+
+def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(two_worker_run):
+    result, cfg = two_worker_run
+    m = result["metrics"]
+    assert m["epoch"] == 2
+    assert m["test_samples"] == 23  # every test sample once: padding evened the shards, then was dropped
+    assert m["train_samples"] == 24  # 2 workers × 12 (drop_last on batches of 4 per worker)
+    for key in ("loss", "train_loss", "train_loss_mask", "train_loss_depth_ssim", "iou", "iou_flat", "ssim", "rmse", "delta1",
+                "samples_per_s", "time_compute", "time_data", "time_other", "lr", "best_iou"):
+        assert key in m and np.isfinite(m[key]), key
+    assert 0 <= m["iou"] <= 1 and 0 <= m["ssim"] <= 1 and m["skipped"] == 0
+    run = result["run_dir"]
+    assert Config.load(f"{run}/config.yaml").workers == 2
+    checkpoints = find_checkpoints(run)
+    assert checkpoints[-1][1]["epoch"] == 2 and len(checkpoints) <= 2  # the best by IoU and the latest
+    assert list((checkpoints[-1][0]).glob("*.pt"))
+    assert list(__import__("pathlib").Path(run, "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
+    _, cfg = two_worker_run
+    cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3})
+    result = fit(cfg)
+    out = capsys.readouterr().out
+    assert "resuming after epoch 2 of 3" in out
+    assert "epoch 1/3" not in out and "epoch 3/3 done" in out
+    assert result["metrics"]["epoch"] == 3
+    assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
+
+
+def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
+    result, _ = two_worker_run
+    other = write_original(tmp_path / "other", batches=2, size=48, depth_size=24)  # another program, other sizes
+    assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--json", "--out", str(tmp_path / "ev")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["samples"] == 12 and r["split"] == "test"
+    for key in ("iou", "iou_flat", "ssim", "rmse", "delta1"):
+        assert 0 <= r[key] <= 1 or key == "rmse"
+    grid = Image.open(tmp_path / "ev" / "results.png")
+    assert grid.size[0] == 6 * 128  # six columns: bg, fg_bg, mask, predicted mask, depth, predicted depth
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["samples"] == 12
+    assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--split", "all", "--json", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 24
+
+
+def test_predict_writes_mask_and_plasma_depth_at_the_image_size(two_worker_run, tmp_path):
+    result, _ = two_worker_run
+    checkpoint = str(find_checkpoints(result["run_dir"])[-1][0])
+    fg_bg = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    fg_bg.save(tmp_path / "pair.jpg")
+    Image.new("RGB", (70, 50), (90, 120, 30)).save(tmp_path / "bg.jpg")
+    assert main(["predict", "--checkpoint", checkpoint, "--fg-bg", str(tmp_path / "pair.jpg"), "--bg", str(tmp_path / "bg.jpg"), "--out", str(tmp_path / "p")]) == 0
+    mask, depth = Image.open(tmp_path / "p" / "mask.png"), Image.open(tmp_path / "p" / "depth.png")
+    assert mask.size == depth.size == (70, 50)
+    assert set(np.unique(np.asarray(mask))) <= {0, 255} and depth.mode == "RGB"
+    (tmp_path / "many").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        fg_bg.save(tmp_path / "many" / name)
+    assert main(["predict", "--checkpoint", checkpoint, "--fg-bg", str(tmp_path / "many"), "--bg", str(tmp_path / "bg.jpg"), "--out", str(tmp_path / "q")]) == 0
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["a_depth.png", "a_mask.png", "b_depth.png", "b_mask.png"]
+
+
+def test_local_mode_trains_in_this_process(ray_cluster, synth_data, tmp_path):
+    result = fit(Config(data=str(synth_data), out=str(tmp_path), name="local", epochs=1, workers=0, **TINY))
+    assert result["metrics"]["epoch"] == 1 and result["metrics"]["test_samples"] == 24
+
+
+def test_bad_sample_stops_training_naming_it_or_is_skipped_and_counted(ray_cluster, tmp_path):
+    root = write_original(tmp_path / "d", batches=2, n_fg=4)
+    member = "fg_bg_jpg/fg_bg_2_1_1_1.jpg"
+    with zipfile.ZipFile(root / "batch1_images.zip") as zf:
+        truncated = zf.read(member)[:150]
+    rewrite_zip(root / "batch1_images.zip", {member: truncated})
+    cfg = dict(data=str(root), out=str(tmp_path / "runs"), epochs=1, workers=0, **TINY)
+    with pytest.raises(FgbgError, match=f"batch1_images.zip: {member}: undecodable or truncated JPEG"):
+        fit(Config(name="strict", **cfg))
+    result = fit(Config(name="lenient", on_bad="skip", **cfg))
+    assert result["metrics"]["skipped"] == 1 and result["metrics"]["train_samples"] == 15
+
+
+def test_missing_partner_is_an_error_before_training_unless_skipping(ray_cluster, tmp_path):
+    root = write_original(tmp_path / "d", batches=2, n_fg=4)
+    rewrite_zip(root / "batch2_images.zip", {"mask_black_jpg/bg_mask_1_3_0_1.jpg": None})
+    with pytest.raises(FgbgError, match="(?s)1 problem.*fg_bg_1_3_0_1.jpg: missing partner file mask_black_jpg/bg_mask_1_3_0_1.jpg"):
+        fit(Config(data=str(root), out=str(tmp_path / "runs"), name="x", epochs=1, workers=0, **TINY))
