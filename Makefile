@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 4 minutes on 2 cores).
 demo: venv
-	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 400 --size 64 --seed 0
+	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 500 --size 64 --seed 0
 	$(BIN)/fgbg inspect $(DEMO)/data
+	$(BIN)/fgbg train --data $(DEMO)/data --out $(DEMO)/runs --name demo --size 64 --epochs 5 --workers 2 --batch-size 16 --set log_every=20
+	$(BIN)/fgbg evaluate --checkpoint $(DEMO)/runs/demo --data $(DEMO)/data
 
 test: venv
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
