@@ -26,7 +26,9 @@ test: venv
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
 
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/transfer.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
