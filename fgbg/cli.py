@@ -88,6 +88,20 @@ def _profile(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from .sweep import sweep
+
+    r = sweep(
+        args.space, args.data, out=args.out, name=args.name, trials=args.trials, epochs=args.epochs, scheduler=args.scheduler,
+        concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, gpu=args.gpu, resume=args.resume, address=args.address,
+    )
+    best = r["best"]
+    print(f"{len(r['trials'])} trials ({r['concurrency']} at a time) in {r['experiment']}")
+    print(f"best: trial {best['trial']} objective {best['best_objective']:.4f} (IoU {best['best_iou']:.4f}, SSIM {best['best_ssim']:.4f})")
+    print(f"  results.csv, sweep.png, and best_config.yaml: fgbg train --config {r['experiment']}/best_config.yaml --data DATA")
+    return 0
+
+
 def format_report(report: dict) -> str:
     """The inspect report as a person reads it."""
     lines = [f"{report['root']}: {report['samples']} samples in {len(report['batches'])} batches"]
@@ -155,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs too")
     p.set_defaults(run=_train)
+
+    p = verbs.add_parser("tune", help="sweep loss weights, widths, batch size … with Ray Tune")
+    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--trials", type=int, default=4, help="samples of the space (each grid value is tried in every one)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's fixed epochs, else 10)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials early")
+    p.add_argument("--concurrency", type=int, help="trials at a time (default and maximum: what the cluster holds)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel workers of each trial")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--out", default="sweeps", help="where sweeps live; a sweep is OUT/NAME")
+    p.add_argument("--name", default="sweep", help="the sweep's name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not run again")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.set_defaults(run=_tune)
 
     p = verbs.add_parser("evaluate", help="metrics and a picture grid of a checkpoint on a dataset")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")

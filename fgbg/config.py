@@ -11,6 +11,9 @@ import yaml
 from .errors import FgbgError
 
 
+OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rmse and loss: give them negative weights
+
+
 @dataclass
 class Config:
     # data
@@ -28,6 +31,8 @@ class Config:
     w_mask: float = 1.0
     w_depth: float = 1.0
     w_depth_l1: float = 0.0
+    # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics
+    objective: dict = field(default_factory=lambda: {"iou": 0.5, "ssim": 0.5})
     # optimisation
     epochs: int = 10
     batch_size: int = 32  # global: split evenly over the workers
@@ -57,6 +62,9 @@ class Config:
             raise FgbgError(f"workers must be ≥ 0 (0 runs in this process), not {self.workers}")
         if self.batch_size < max(1, self.workers):
             raise FgbgError(f"batch_size {self.batch_size} is smaller than the {self.workers} workers it is split over")
+        unknown = set(self.objective) - OBJECTIVE_METRICS
+        if unknown or not self.objective:
+            raise FgbgError(f"objective weighs metrics among {sorted(OBJECTIVE_METRICS)}, not {sorted(unknown) or 'nothing'}")
         if self.widths is not None and len(self.widths) != 5:
             raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
 

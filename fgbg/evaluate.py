@@ -41,14 +41,10 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
 
     Writes metrics.json and results.png (bg, fg_bg, true and predicted mask, true and predicted depth) to out.
     """
-    import logging
-
-    import ray
-
     from .ingest import IngestConfig, build_dataset
     from .layout import load_manifest
     from .metrics import SetMetrics
-    from .train import connect, evaluate_batches
+    from .train import connect, evaluate_batches, quiet_ray_data
 
     if split not in ("test", "all"):
         raise FgbgError(f"--split must be test or all, not {split!r}")
@@ -61,8 +57,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     if table.num_rows == 0:
         raise FgbgError(f"{data}: no samples in the {split} split")
     connect(address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    quiet_ray_data()
     ds = build_dataset(manifest.with_paths(table), IngestConfig(size=cfg.size, on_bad=on_bad), train=False)
     grid = {}
 

@@ -171,6 +171,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             "time_compute": t_compute,
             "time_data": t_data,
         }
+        metrics["objective"] = sum(w * metrics[k] for k, w in cfg.objective.items())
         best_iou = max(best_iou, metrics["iou"])
         metrics["best_iou"] = best_iou
         metrics["time_other"] = time.perf_counter() - t_epoch - t_compute - t_data
@@ -252,7 +253,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: bo
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # the dashboard listens on 127.0.0.1 only; Ray Train needs its state API to clean up after runs
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
 def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
@@ -263,15 +265,8 @@ def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda c: c[1]["epoch"])
 
 
-def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
-    """Train as configured; returns the last epoch's metrics and where the run lives."""
-    import logging
-
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from .ingest import IngestConfig, build_dataset, pad_rows
+def prepare(cfg: Config) -> dict:
+    """Check the dataset and resolve paths; the train and test manifest tables of the run."""
     from .layout import load_manifest
 
     if not cfg.data:
@@ -289,46 +284,69 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
             raise FgbgError(f"{cfg.data}: {len(manifest.problems)} problem(s) in the dataset (run `fgbg inspect`, or train with --on-bad skip):\n  {lines}{more}")
         print(f"skipping {len(manifest.problems)} sample(s) or file(s) with problems found while indexing:\n  {lines}{more}")
     split = manifest.split(cfg.test_batches)
-    train_table = split["train"].slice(0, cfg.train_samples) if cfg.train_samples else split["train"]
-    test_table = split["test"].slice(0, cfg.test_samples) if cfg.test_samples else split["test"]
-    if train_table.num_rows == 0 or test_table.num_rows == 0:
-        raise FgbgError(f"{cfg.data}: need training and test samples (found {train_table.num_rows} and {test_table.num_rows}; a dataset needs at least 2 batches, or set test_batches)")
-    world = max(cfg.workers, 1)
-    if train_table.num_rows < cfg.batch_size:
-        raise FgbgError(f"{train_table.num_rows} training samples are fewer than one batch of {cfg.batch_size}")
+    train = split["train"].slice(0, cfg.train_samples) if cfg.train_samples else split["train"]
+    test = split["test"].slice(0, cfg.test_samples) if cfg.test_samples else split["test"]
+    if train.num_rows == 0 or test.num_rows == 0:
+        raise FgbgError(f"{cfg.data}: need training and test samples (found {train.num_rows} and {test.num_rows}; a dataset needs at least 2 batches, or set test_batches)")
+    if train.num_rows < cfg.batch_size:
+        raise FgbgError(f"{train.num_rows} training samples are fewer than one batch of {cfg.batch_size}")
+    return {"train": manifest.with_paths(train), "test": manifest.with_paths(test)}
 
-    last = find_checkpoints(cfg.run_dir) if "://" not in cfg.run_dir else []
-    if last and last[-1][1]["epoch"] >= cfg.epochs:
-        print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
-        return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}
 
-    # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
-    connect(address, num_cpus=max(os.cpu_count() or 1, int(world * cfg.cpus_per_worker) + 1), verbose=verbose)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
+    """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .ingest import IngestConfig, build_dataset, pad_rows
+
     ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
     datasets = {
-        "train": build_dataset(manifest.with_paths(train_table), ingest, train=True),
-        "test": build_dataset(manifest.with_paths(pad_rows(test_table, world)), ingest, train=False),
+        "train": build_dataset(tables["train"], ingest, train=True),
+        "test": build_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, train=False),
     }
     if "://" not in cfg.run_dir:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.yaml").write_text(cfg.to_yaml())
-    from ray.util.queue import Queue
-
-    progress = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "train_samples": train_table.num_rows, "progress": progress},
+        train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=cfg.out,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="iou", checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
+
+
+def quiet_ray_data() -> None:
+    import logging
+
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
+    """Train as configured; returns the last epoch's metrics and where the run lives."""
+    import ray.train
+    from ray.util.queue import Queue
+
+    tables = prepare(cfg)
+    last = find_checkpoints(cfg.run_dir) if "://" not in cfg.run_dir else []
+    if last and last[-1][1]["epoch"] >= cfg.epochs:
+        print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
+        return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}
+    # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
+    connect(address, num_cpus=max(os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker) + 1), verbose=verbose)
+    quiet_ray_data()
+    progress = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(cfg, tables, progress=progress)
     stop = threading.Event()
     relay = threading.Thread(target=_relay, args=(progress, stop), daemon=True)
     relay.start()

@@ -14,8 +14,9 @@ def ray_cluster(tmp_path_factory):
     """One real local Ray cluster for the whole test session."""
     import ray
 
-    # 3 logical CPUs on 2 cores: two training workers and one for Ray Data decoding
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # 3 logical CPUs on 2 cores: two training workers and one for Ray Data decoding; the dashboard
+    # (on 127.0.0.1) serves the state API that Ray Train uses to clean up after Tune trials
+    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
