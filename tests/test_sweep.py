@@ -1,0 +1,95 @@
+"""Sweeps on a real local Ray cluster: files written, ASHA stopping early, resume after a killed driver."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fgbg.config import Config
+from fgbg.errors import FgbgError
+from fgbg.sweep import load_space, sweep
+
+FIXED = {"size": 32, "width": 0.25, "epochs": 2, "batch_size": 8, "log_every": 100}
+
+
+def _space(tmp_path, space, fixed=FIXED, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"fixed": fixed, "space": space}))
+    return str(path)
+
+
+def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ray_cluster, synth_data, tmp_path):
+    # lr 1e-9 cannot learn anything in 2 epochs: ASHA should stop such trials after their first epoch
+    space = _space(tmp_path, {"lr": {"grid": [0.003, 1e-9]}, "w_depth": {"uniform": [0.5, 2.0]}})
+    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="s", trials=2, scheduler="asha")
+    exp = tmp_path / "sweeps" / "s"
+    rows = list(csv.DictReader((exp / "results.csv").open()))
+    assert len(rows) == 4 and len(r["trials"]) == 4
+    for row in rows:
+        assert {"lr", "w_depth", "iou", "ssim", "objective", "best_objective", "epochs", "stopped_early"} <= set(row)
+        assert 0 <= float(row["iou"]) <= 1 and 0 <= float(row["ssim"]) <= 1
+    assert any(row["stopped_early"] == "True" and row["epochs"] == "1" for row in rows)
+    assert all(row["epochs"] == "2" for row in rows if row["stopped_early"] == "False")
+    best = Config.load(str(exp / "best_config.yaml"))
+    assert best.lr == pytest.approx(r["best"]["lr"]) and best.w_depth == pytest.approx(r["best"]["w_depth"])
+    assert (best.size, best.epochs, best.width) == (32, 2, 0.25)
+    assert (exp / "sweep.png").stat().st_size > 10_000
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, synth_data, tmp_path):
+    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 1.0, 2.0]}}, {**FIXED, "epochs": 1})
+    args = ["tune", "--space", space, "--data", str(synth_data), "--trials", "1", "--scheduler", "fifo",
+            "--out", str(tmp_path / "sweeps"), "--name", "r", "--concurrency", "1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "fgbg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    exp = tmp_path / "sweeps" / "r"
+    deadline = time.time() + 240
+    finished = []
+    while time.time() < deadline and not finished:
+        time.sleep(2)
+        finished = [d for d in exp.glob("run_trial_*") if (d / "result.json").is_file() and (d / "result.json").read_text().strip()]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert finished, "no trial finished before the deadline"
+    assert not (exp / "results.csv").exists()
+    before = {d.name: (d / "result.json").read_text() for d in finished}
+    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="r", resume=True)
+    assert len(r["trials"]) == 3 and len(list(csv.DictReader((exp / "results.csv").open()))) == 3
+    for name, text in before.items():
+        assert (exp / name / "result.json").read_text() == text  # a finished trial was not run again
+
+
+@pytest.mark.parametrize(
+    "doc, match",
+    [
+        ({"space": {"widht": {"choice": [1]}}}, "space.widht: not a training config key"),
+        ({"space": {"width": {"normal": [0, 1]}}}, "space.width: expected one of choice"),
+        ({"space": {"lr": {"loguniform": [0, 1]}}}, "space.lr: loguniform needs low > 0"),
+        ({"space": {"lr": {"uniform": [1, 0.1]}}}, "space.lr: uniform takes \\[low, high\\]"),
+        ({"space": {"batch_size": {"choice": []}}}, "space.batch_size: choice takes a non-empty list"),
+        ({"space": {"size": {"choice": [32, 50]}}}, "size must be a multiple of 16"),
+        ({"space": {"lr": {"choice": [0.1]}}, "fixed": {"epochz": 3}}, "fixed.epochz: not a training config key"),
+        ({"space": {"lr": {"choice": [0.1]}}, "objective": {"accuracy": 1}}, "objective weighs metrics"),
+        ({"spaces": {}}, "unknown section"),
+    ],
+)
+def test_invalid_spaces_fail_before_any_trial_naming_the_key(tmp_path, doc, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(FgbgError, match=match):
+        load_space(path)
+
+
+def test_shipped_spaces_are_valid():
+    from pathlib import Path
+
+    spaces = sorted(Path(__file__).parents[1].glob("tune_spaces/*.yaml"))
+    assert {p.name for p in spaces} >= {"default.yaml", "loss_weights.yaml", "widths.yaml", "batch_size.yaml"}
+    for path in spaces:
+        assert load_space(path).space
