@@ -24,7 +24,7 @@ class IngestConfig:
     size: int = 160
     depth_size: int | None = None  # default: size // 2, the model's depth output
     on_bad: str = "error"  # or "skip": drop the sample and count it
-    rows_per_block: int = 64  # manifest rows per Ray Data block: the unit of parallel decoding
+    rows_per_block: int = 256  # manifest rows per Ray Data block: the unit of parallel decoding (256 measured best, docs/benchmarks.md)
 
 
 def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), train: bool = False, shuffle: bool | None = None) -> ray.data.Dataset:
