@@ -16,6 +16,7 @@ Distributions: choice (list), grid (list, every value in every sample), uniform 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,8 +166,6 @@ def sweep(
     base.out = f"{out.rstrip('/')}/{name}/trials"
     experiment = f"{out.rstrip('/')}/{name}"
 
-    import os
-
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(workers_per_trial * base.cpus_per_worker) + 2))
     cap = max_concurrency(workers_per_trial, base.cpus_per_worker, gpu)
@@ -228,6 +227,7 @@ def summarise(grid, base: Config, keys: list[str]) -> list[dict]:
                 "best_iou": float(history["iou"].max()),
                 "best_ssim": float(history["ssim"].max()),
                 "samples_per_s": float(last["samples_per_s"]),
+                "params": int(last["params"]) if "params" in last else None,
                 "error": bool(result.error),
             }
         )

@@ -168,6 +168,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             "skipped": skipped_all,
             "samples_per_s": seen_all / max(t_train, 1e-9),
             "lr": optimizer.param_groups[0]["lr"],
+            "params": sum(p.numel() for p in core.parameters()),
             "time_compute": t_compute,
             "time_data": t_data,
         }

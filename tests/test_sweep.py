@@ -31,7 +31,8 @@ def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ra
     rows = list(csv.DictReader((exp / "results.csv").open()))
     assert len(rows) == 4 and len(r["trials"]) == 4
     for row in rows:
-        assert {"lr", "w_depth", "iou", "ssim", "objective", "best_objective", "epochs", "stopped_early"} <= set(row)
+        assert {"lr", "w_depth", "iou", "ssim", "rmse", "samples_per_s", "params", "objective", "best_objective", "epochs", "stopped_early"} <= set(row)
+        assert int(row["params"]) == 53684  # width 0.25
         assert 0 <= float(row["iou"]) <= 1 and 0 <= float(row["ssim"]) <= 1
     assert any(row["stopped_early"] == "True" and row["epochs"] == "1" for row in rows)
     assert all(row["epochs"] == "2" for row in rows if row["stopped_early"] == "False")

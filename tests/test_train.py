@@ -31,7 +31,7 @@ def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(
     assert m["test_samples"] == 23  # every test sample once: padding evened the shards, then was dropped
     assert m["train_samples"] == 24  # 2 workers × 12 (drop_last on batches of 4 per worker)
     for key in ("loss", "train_loss", "train_loss_mask", "train_loss_depth_ssim", "iou", "iou_flat", "ssim", "rmse", "delta1",
-                "samples_per_s", "time_compute", "time_data", "time_other", "lr", "best_iou"):
+                "samples_per_s", "time_compute", "time_data", "time_other", "lr", "best_iou", "objective", "params"):
         assert key in m and np.isfinite(m[key]), key
     assert 0 <= m["iou"] <= 1 and 0 <= m["ssim"] <= 1 and m["skipped"] == 0
     run = result["run_dir"]
