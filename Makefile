@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 4 minutes on 2 cores).
+# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 3 minutes on 2 cores).
 demo: venv
 	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 500 --size 64 --seed 0
 	$(BIN)/fgbg inspect $(DEMO)/data

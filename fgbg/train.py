@@ -333,6 +333,21 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _check_room(cfg: Config) -> None:
+    """Say so when the cluster, as it is now, leaves no CPU for Ray Data to decode with (training would wait)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    need = max(cfg.workers, 1) * cfg.cpus_per_worker + 1
+    if total < need:
+        print(
+            f"warning: the cluster has {total:g} CPUs now; {max(cfg.workers, 1)} workers × {cfg.cpus_per_worker:g} CPUs "
+            f"plus 1 for decoding need {need:g}. Training waits until the cluster grows (autoscaling); on a fixed "
+            f"cluster use fewer --workers or --set cpus_per_worker={max((total - 1) / max(cfg.workers, 1), 0.1):.2g}",
+            flush=True,
+        )
+
+
 def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     """Train as configured; returns the last epoch's metrics and where the run lives."""
     import ray.train
@@ -346,6 +361,7 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
     connect(address, num_cpus=max(os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker) + 1), verbose=verbose)
     quiet_ray_data()
+    _check_room(cfg)
     progress = Queue(actor_options={"num_cpus": 0})
     trainer = make_trainer(cfg, tables, progress=progress)
     stop = threading.Event()
