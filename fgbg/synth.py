@@ -115,10 +115,12 @@ class Scene:
     depth: np.ndarray
     horizon: int
 
-    def ground_depth(self, row: float) -> float:
+    def ground_depth(self, row):
+        """Depth of the ground at a row (a number, or an array of rows): far at the horizon, near at the bottom."""
         h = self.image.shape[0]
-        t = min(max((row - self.horizon) / max(h - self.horizon, 1), 0.0), 1.0)
-        return 0.18 + 0.82 * t**0.8
+        t = np.clip((row - self.horizon) / max(h - self.horizon, 1), 0.0, 1.0)
+        depth = 0.18 + 0.82 * t**0.8
+        return float(depth) if np.ndim(depth) == 0 else depth
 
 
 def make_scene(seed: int, bg_id: int, size: int) -> Scene:
@@ -162,7 +164,7 @@ def make_scene(seed: int, bg_id: int, size: int) -> Scene:
     is_ground = yy >= horizon
     image = np.where(is_ground[..., None], ground, image)
     scene = Scene(image.astype(np.float32), depth, horizon)
-    scene.depth = np.where(is_ground, _ground_depth_map(scene, yy), 0.0).astype(np.float32)
+    scene.depth = np.where(is_ground, scene.ground_depth(yy), 0.0).astype(np.float32)
 
     # far structures on the horizon: buildings, hills, tree lines (indoors: furniture, frames)
     for _ in range(int(rng.integers(1, 6))):
@@ -178,14 +180,9 @@ def make_scene(seed: int, bg_id: int, size: int) -> Scene:
     return scene
 
 
-def _ground_depth_map(scene: Scene, yy: np.ndarray) -> np.ndarray:
-    h = scene.image.shape[0]
-    t = ((yy - scene.horizon) / max(h - scene.horizon, 1)).clip(0, 1)
-    return 0.18 + 0.82 * t**0.8
-
-
-def _paste(scene: Scene, rgba: np.ndarray, x0: int, y0: int, depth_value: np.ndarray | float) -> np.ndarray:
-    """Alpha-blend an RGBA float patch into the scene at (x0, y0) and write its depth; returns alpha on the frame."""
+def _paste(scene: Scene, rgba: np.ndarray, x0: int, y0: int, depth_value: np.ndarray | float | None) -> np.ndarray:
+    """Alpha-blend an RGBA float patch into the scene at (x0, y0) and write its depth (unless None, as for
+    a shadow); returns alpha on the frame."""
     H, W = scene.depth.shape
     h, w = rgba.shape[:2]
     ys, xs = slice(max(y0, 0), min(y0 + h, H)), slice(max(x0, 0), min(x0 + w, W))
@@ -195,8 +192,9 @@ def _paste(scene: Scene, rgba: np.ndarray, x0: int, y0: int, depth_value: np.nda
         return frame_alpha
     a = rgba[py, px, 3:4]
     scene.image[ys, xs] = scene.image[ys, xs] * (1 - a) + rgba[py, px, :3] * a
-    d = depth_value[py, px] if isinstance(depth_value, np.ndarray) else depth_value
-    scene.depth[ys, xs] = np.where(a[..., 0] > 0.5, d, scene.depth[ys, xs])
+    if depth_value is not None:
+        d = depth_value[py, px] if isinstance(depth_value, np.ndarray) else depth_value
+        scene.depth[ys, xs] = np.where(a[..., 0] > 0.5, d, scene.depth[ys, xs])
     frame_alpha[ys, xs] = a[..., 0]
     return frame_alpha
 
@@ -383,9 +381,7 @@ def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: 
     sx0, sy0 = x0 + w // 2 - sw + int(rng.integers(-w // 6 - 1, w // 6 + 1)), int(foot) - sh
     dark = np.zeros((*shadow.shape, 4), np.float32)
     dark[..., 3] = shadow
-    saved = scene.depth.copy()
-    _paste(scene, dark, sx0, sy0, 0.0)
-    scene.depth = saved
+    _paste(scene, dark, sx0, sy0, None)
     # the object: as near as the ground under it, a little nearer in its middle (it is round)
     ground = scene.ground_depth(foot)
     bulge = _blur(obj[..., 3], max(1.0, w / 5))
