@@ -49,6 +49,7 @@ class Config:
     workers: int = 1  # data-parallel training workers
     gpu: bool = False
     cpus_per_worker: float = 1
+    placement_strategy: str = "PACK"  # of the workers over nodes: PACK fills a multi-GPU node first; SPREAD one per node
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     log_every: int = 10  # steps between progress lines
     extra: dict = field(default_factory=dict)  # free-form notes carried into the run directory
@@ -58,6 +59,8 @@ class Config:
             raise FgbgError(f"size must be a multiple of 16 (the UNet halves it four times), not {self.size}")
         if self.on_bad not in ("error", "skip"):
             raise FgbgError(f"on_bad must be 'error' or 'skip', not {self.on_bad!r}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise FgbgError(f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, not {self.placement_strategy!r}")
         if self.workers < 0:
             raise FgbgError(f"workers must be ≥ 0 (0 runs in this process), not {self.workers}")
         if self.batch_size < max(1, self.workers):

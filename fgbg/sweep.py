@@ -149,7 +149,6 @@ def sweep(
     address: str | None = None,
 ) -> dict:
     """Run (or resume) a sweep; writes results.csv, best_config.yaml and sweep.png into OUT/NAME."""
-    import ray
     from ray import tune
 
     from .train import connect

@@ -217,10 +217,13 @@ class _Say:
         self.queue = queue
 
     def __call__(self, line: str) -> None:
-        if self.queue is None:
-            print(line, flush=True)
-        else:
-            self.queue.put_nowait(line)
+        if self.queue is not None:
+            try:
+                self.queue.put_nowait(line)
+                return
+            except Exception:  # the driver (and its queue) is gone: progress is not worth failing training for
+                self.queue = None
+        print(line, flush=True)
 
 
 def _relay(queue, stop) -> None:
@@ -312,7 +315,8 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                                 placement_strategy=cfg.placement_strategy),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=cfg.out,
@@ -350,8 +354,10 @@ def _check_room(cfg: Config) -> None:
 
 def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     """Train as configured; returns the last epoch's metrics and where the run lives."""
+    import ray
     import ray.train
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     tables = prepare(cfg)
     last = find_checkpoints(cfg.run_dir) if "://" not in cfg.run_dir else []
@@ -362,7 +368,9 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     connect(address, num_cpus=max(os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker) + 1), verbose=verbose)
     quiet_ray_data()
     _check_room(cfg)
-    progress = Queue(actor_options={"num_cpus": 0})
+    # the queue lives on the driver's node: losing a worker node must not take the progress lines with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = make_trainer(cfg, tables, progress=progress)
     stop = threading.Event()
     relay = threading.Thread(target=_relay, args=(progress, stop), daemon=True)

@@ -1,6 +1,12 @@
 """Training, resuming, evaluating and predicting on a real local Ray cluster, on tiny data."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -11,6 +17,8 @@ from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.train import find_checkpoints, fit
+from fgbg.synth import SynthSpec, write_dataset
+from loopback import registered_epoch
 from original import rewrite_zip, write_original
 
 TINY = dict(size=32, width=0.25, batch_size=8, log_every=1, lr=3e-3)
@@ -108,3 +116,27 @@ def test_missing_partner_is_an_error_before_training_unless_skipping(ray_cluster
     rewrite_zip(root / "batch2_images.zip", {"mask_black_jpg/bg_mask_1_3_0_1.jpg": None})
     with pytest.raises(FgbgError, match="(?s)1 problem.*fg_bg_1_3_0_1.jpg: missing partner file mask_black_jpg/bg_mask_1_3_0_1.jpg"):
         fit(Config(data=str(root), out=str(tmp_path / "runs"), name="x", epochs=1, workers=0, **TINY))
+
+
+def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
+    """`fgbg train` in local mode (its own cluster), killed after its first checkpoint, then run again."""
+    data = tmp_path / "data"
+    write_dataset(SynthSpec(str(data), batches=2, per_batch=160, size=32, seed=2), workers=0)
+    args = [sys.executable, "-m", "fgbg", "train", "--data", str(data), "--out", str(tmp_path), "--name", "k",
+            "--size", "32", "--width", "0.25", "--epochs", "3", "--workers", "1", "--batch-size", "8", "--set", "log_every=100"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while registered_epoch(tmp_path / "k") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = registered_epoch(tmp_path / "k")
+    assert 1 <= done < 3
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = int(re.search(r"resuming after epoch (\d) of 3", again.stdout).group(1))
+    assert resumed >= done  # from the last checkpoint there is (a later one may have landed as the driver died)
+    assert [f"epoch {e}/3 done" in again.stdout for e in (1, 2, 3)] == [e > resumed for e in (1, 2, 3)]
+    assert find_checkpoints(tmp_path / "k")[-1][1]["epoch"] == 3

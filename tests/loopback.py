@@ -1,0 +1,142 @@
+"""A multi-node Ray cluster on one machine: each node a separate `ray start --block` process on 127.0.0.1.
+
+Tests start and stop their own clusters with it, next to the session's local cluster: every port is
+picked free, and nodes are killed by their process group, never with `ray stop` (which would kill
+every Ray on the machine). Jobs reach the head through the Job Submission API, as a user's would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def registered_epoch(run) -> int:
+    """The epoch of the latest checkpoint Ray Train has registered (written and reported by every worker)."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+        return snapshot["latest_checkpoint_result"]["metrics"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+
+class Node(NamedTuple):
+    proc: subprocess.Popen
+    node_id: str
+
+
+class LoopbackCluster:
+    """A head (and worker nodes added on demand), token auth on, dashboard on 127.0.0.1."""
+
+    def __init__(self, logs: Path, head_cpus: int = 0, autoscaling_config: Path | None = None, env: dict | None = None):
+        self.logs = Path(logs)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` and `ray` of this venv
+            "RAY_AUTH_MODE": "token",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ADDRESS": "",
+            **(env or {}),
+        }
+        self.nodes: list[subprocess.Popen] = []
+        head = ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
+        if autoscaling_config:
+            head.append(f"--autoscaling-config={autoscaling_config}")
+        self.head = self._start("head", head)
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self._wait(lambda: len(self.alive_nodes()) >= 1, 90, "the head to come up")
+        from ray.job_submission import JobSubmissionClient
+
+        self.jobs = JobSubmissionClient(self.address)
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        log = open(self.logs / f"{name}-{len(self.nodes)}.log", "w")
+        proc = subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", *args, *ports], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes.append(proc)
+        return proc
+
+    def add_node(self, num_cpus: int) -> Node:
+        """Start a worker node and wait until the head counts it."""
+        before = {n["node_id"] for n in self.alive_nodes()}
+        proc = self._start("worker", [f"--address=127.0.0.1:{self.port}", f"--num-cpus={num_cpus}"])
+        self._wait(lambda: {n["node_id"] for n in self.alive_nodes()} - before, 90, "a worker node to join")
+        (node_id,) = {n["node_id"] for n in self.alive_nodes()} - before
+        return Node(proc, node_id)
+
+    @staticmethod
+    def kill_node(node: Node | subprocess.Popen) -> None:
+        """The node dies at once, as a lost machine would: SIGKILL to its whole process group."""
+        proc = node.proc if isinstance(node, Node) else node
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def alive_nodes(self) -> list[dict]:
+        from ray.util.state import list_nodes
+
+        try:
+            return [n for n in list_nodes(address=self.address, detail=True, raise_on_missing_output=False) if n["state"] == "ALIVE"]
+        except Exception:  # the dashboard is not up yet
+            return []
+
+    def actors(self, class_name: str) -> list[dict]:
+        from ray.util.state import list_actors
+
+        return list_actors(address=self.address, filters=[("class_name", "=", class_name)], detail=True, limit=1000,
+                           raise_on_missing_output=False)
+
+    def submit(self, entrypoint: str) -> str:
+        """A job with this repository as its working dir, like `ray job submit --working-dir . -- ...`."""
+        return self.jobs.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
+
+    def wait_job(self, job_id: str, timeout: float) -> str:
+        from ray.job_submission import JobStatus
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.jobs.get_job_status(job_id)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                return status
+            time.sleep(2)
+        self.jobs.stop_job(job_id)
+        raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f} s; logs:\n{self.jobs.get_job_logs(job_id)[-3000:]}")
+
+    @staticmethod
+    def _wait(ready, timeout: float, what: str) -> None:
+        deadline = time.time() + timeout
+        while not ready():
+            if time.time() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            time.sleep(1)
+
+    def shutdown(self) -> None:
+        for proc in reversed(self.nodes):
+            self.kill_node(proc)
+        # `ray start --head` left its address for ray.init() to join; a dead address must not stay there
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{self.port}"):
+            current.unlink()
