@@ -11,6 +11,7 @@ from multiprocessing import get_context
 import pyarrow.compute as pc
 from PIL import Image
 
+from . import storage
 from .errors import BadSample
 from .layout import Problem, load_manifest
 from .reader import read_member
@@ -67,7 +68,9 @@ def inspect_dataset(root, decode: bool = True, workers: int | None = None, test_
     sizes: dict[str, Counter] = {k: Counter() for k in KINDS}
     if decode and len(table):
         by_size: dict[tuple, list] = {}
-        for kind, source, member, result in _run_checks(_files_to_check(manifest), workers, progress):
+        # the AWS SDK inside pyarrow does not survive a fork: processes for an object store are spawned
+        start = "spawn" if storage.is_uri(manifest.root) else "fork"
+        for kind, source, member, result in _run_checks(_files_to_check(manifest), workers, progress, start):
             if isinstance(result, str):
                 problems.append(Problem(os.path.basename(source), member, result))
                 continue
@@ -122,7 +125,7 @@ def _files_to_check(manifest) -> list[tuple[str, str, str]]:
     return files
 
 
-def _run_checks(files, workers: int | None, progress: bool):
+def _run_checks(files, workers: int | None, progress: bool, start: str = "fork"):
     if workers is None:
         workers = os.cpu_count() or 1
     chunk = 500
@@ -132,7 +135,7 @@ def _run_checks(files, workers: int | None, progress: bool):
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="file", desc="inspect")
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 and len(chunks) > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context(start)) if workers > 1 and len(chunks) > 1 else None
     try:
         for results in pool.map(_check_chunk, chunks) if pool else map(_check_chunk, chunks):
             yield from results

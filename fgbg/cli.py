@@ -49,7 +49,10 @@ def _train(args) -> int:
     result = fit(cfg, address=args.address, verbose=args.verbose)
     m = result["metrics"]
     print(f"run {result['run_dir']}: epoch {m['epoch']} IoU {m['iou']:.4f} SSIM {m['ssim']:.4f} RMSE {m['rmse']:.4f} (best IoU {m['best_iou']:.4f})")
-    print(f"  tensorboard --logdir {result['run_dir']}/tensorboard")
+    if result["run_dir"].startswith("s3://"):
+        print(f"  aws s3 sync {result['run_dir']}/tensorboard tensorboard/ && tensorboard --logdir tensorboard")
+    else:
+        print(f"  tensorboard --logdir {result['run_dir']}/tensorboard")
     return 0
 
 
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=4, help="samples of the space (each grid value is tried in every one)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's fixed epochs, else 10)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials early")
-    p.add_argument("--concurrency", type=int, help="trials at a time (default and maximum: what the cluster holds)")
+    p.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster holds now; more waits for an autoscaling cluster to grow)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel workers of each trial")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", default="sweeps", help="where sweeps live; a sweep is OUT/NAME")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
+from . import storage
 from .errors import FgbgError
 
 
@@ -73,7 +73,7 @@ class Config:
 
     @property
     def run_dir(self) -> str:
-        return str(Path(self.out) / self.name) if "://" not in self.out else f"{self.out.rstrip('/')}/{self.name}"
+        return storage.join(self.out, self.name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,7 +95,7 @@ class Config:
         values: dict = {}
         if path:
             try:
-                values = yaml.safe_load(Path(path).read_text()) or {}
+                values = yaml.safe_load(storage.read_bytes(path)) or {}
             except (OSError, yaml.YAMLError) as e:
                 raise FgbgError(f"{path}: cannot read the config ({e})") from None
             if not isinstance(values, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,30 +10,31 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import storage
 from .config import Config
 from .errors import FgbgError
-from .pictures import plasma, result_grid, save_png
+from .pictures import plasma, png_bytes, result_grid
 from .train import build_model, find_checkpoints
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or a run directory's best checkpoint (highest test IoU)."""
-    path = Path(path)
-    if (path / "model.pt").is_file():
+def resolve_checkpoint(path) -> str:
+    """A checkpoint folder as given, or a run directory's best checkpoint (highest test IoU); local or a URI."""
+    path = storage.absolute(path)
+    if storage.info(storage.join(path, "model.pt")).is_file:
         return path
-    if path.is_dir():
-        found = find_checkpoints(path)
-        if found:
-            return max(found, key=lambda c: c[1]["iou"])[0]
+    found = find_checkpoints(path)
+    if found:
+        return max(found, key=lambda c: c[1]["iou"])[0]
     raise FgbgError(f"{path}: not a checkpoint (expected a folder with model.pt, or a run directory with checkpoint_* folders)")
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, Path]:
+def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, str]:
     """The model of a checkpoint (weights only: nothing is unpickled), in eval mode, and its config."""
     ckpt = resolve_checkpoint(checkpoint)
-    cfg = Config.load(str(ckpt / "config.yaml"))
+    cfg = Config.load(storage.join(ckpt, "config.yaml"))
     model = build_model(cfg)
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location=device, weights_only=True))
+    weights = io.BytesIO(storage.read_bytes(storage.join(ckpt, "model.pt")))
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     return model.to(device).eval(), cfg, ckpt
 
 
@@ -67,13 +69,12 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     sums = evaluate_batches(model, ds.iter_torch_batches(batch_size=batch_size), device, on_first=keep_grid).sums
     metrics = SetMetrics.compute(sums)
     metrics.pop("loss")
-    result = {**metrics, "checkpoint": str(ckpt), "data": str(Path(data).resolve()), "split": split}
-    out = Path(out) if out else ckpt.parent / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split}
+    out = storage.absolute(out) if out else storage.join(ckpt.rsplit("/", 1)[0], "evaluation")
+    storage.write_bytes(storage.join(out, "metrics.json"), json.dumps(result, indent=2).encode())
     if grid:
-        save_png(grid["image"], out / "results.png")
-    result["pictures"] = str(out / "results.png")
+        storage.write_bytes(storage.join(out, "results.png"), png_bytes(grid["image"]))
+    result["pictures"] = storage.join(out, "results.png")
     return result
 
 

@@ -1,6 +1,7 @@
 """The dataset layout: batches of four JPEG folders, indexed into a cached pyarrow manifest.
 
-A dataset root holds `batch{K}_images.zip` files or `batch{K}/` folders. Inside each, the four
+A dataset root (a local folder or an object-store URI such as s3://bucket/prefix) holds
+`batch{K}_images.zip` files or `batch{K}/` folders. Inside each, the four
 folders stand at the root or under one top folder:
 
     fg_bg_jpg/fg_bg_{F}_{B}_{FLIP}_{POS}.jpg            input: background with a foreground
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import FgbgError
 
 FOLDERS = {"fg_bg": "fg_bg_jpg", "bg": "bg_jpg", "mask": "mask_black_jpg", "depth": "depth_fg_bg_jpg"}
@@ -53,16 +56,27 @@ class Batch:
     """One batch of the dataset: a zip read in place, or a folder."""
 
     index: int
-    path: Path
+    path: str  # a local path or a URI
+
+    @property
+    def name(self) -> str:
+        return storage.basename(self.path)
 
     @property
     def is_zip(self) -> bool:
-        return self.path.suffix == ".zip"
+        return self.path.endswith(".zip")
 
     def stamp(self) -> list:
-        """What changes when the batch changes: size and mtime of the zip or of its folders."""
-        paths = [self.path] if self.is_zip else [self.path, *sorted(p for p in self.path.rglob("*") if p.is_dir())]
-        return [[p.name, p.stat().st_size if self.is_zip else 0, p.stat().st_mtime_ns] for p in paths]
+        """What changes when the batch changes: size and mtime of the zip, of a local batch's folders,
+        or (object stores have no folder times) the count, total size and latest mtime of its files."""
+        if self.is_zip:
+            i = storage.info(self.path)
+            return [[self.name, i.size, i.mtime_ns]]
+        if not storage.is_uri(self.path):
+            paths = [Path(self.path), *sorted(p for p in Path(self.path).rglob("*") if p.is_dir())]
+            return [[p.name, 0, p.stat().st_mtime_ns] for p in paths]
+        files = [f for f in storage.listdir(self.path, recursive=True) if f.type == pafs.FileType.File]
+        return [[self.name, len(files), sum(f.size for f in files), max((f.mtime_ns or 0 for f in files), default=0)]]
 
 
 @dataclass(frozen=True)
@@ -79,17 +93,18 @@ class Problem:
 
 def find_batches(root: str | os.PathLike) -> list[Batch]:
     """The batches under root, by K; a folder wins over a zip of the same K (it was unzipped)."""
-    root = Path(root)
-    if not root.is_dir():
+    root = storage.absolute(root)
+    if not storage.is_dir(root):
         raise FgbgError(f"{root}: not a dataset folder (expected a folder holding batch{{K}}_images.zip or batch{{K}}/)")
     found: dict[int, Batch] = {}
-    for path in root.iterdir():
-        match = _BATCH.match(path.name)
-        if not match or (match.group(2) is None) != path.is_dir():
+    for entry in storage.listdir(root):
+        match = _BATCH.match(entry.path)
+        is_dir = entry.type == pafs.FileType.Directory
+        if not match or (match.group(2) is None) != is_dir:
             continue
         k = int(match.group(1))
-        if k not in found or path.is_dir():
-            found[k] = Batch(k, path)
+        if k not in found or is_dir:
+            found[k] = Batch(k, storage.join(root, entry.path))
     if not found:
         raise FgbgError(f"{root}: no batches found (expected batch{{K}}_images.zip files or batch{{K}}/ folders, K = 1..N)")
     return [found[k] for k in sorted(found)]
@@ -99,16 +114,18 @@ def list_members(batch: Batch) -> list[str]:
     """Every file path inside the batch, '/'-separated, relative to the zip or folder."""
     if batch.is_zip:
         try:
-            with zipfile.ZipFile(batch.path) as zf:
+            with storage.open_input(batch.path) as f, zipfile.ZipFile(f) as zf:  # reads only the zip's directory
                 return [n for n in zf.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as e:
             raise FgbgError(f"{batch.path}: unreadable zip ({e})") from None
-    return [p.relative_to(batch.path).as_posix() for p in batch.path.rglob("*.jpg")]
+    if not storage.is_uri(batch.path):
+        return [p.relative_to(batch.path).as_posix() for p in Path(batch.path).rglob("*.jpg")]
+    return [f.path for f in storage.listdir(batch.path, recursive=True) if f.path.endswith(".jpg")]
 
 
 def index_batch(batch: Batch, members: list[str]) -> tuple[list[dict], list[Problem]]:
     """Group a batch's files into samples; every file that has no partner is a problem."""
-    source = batch.path.name
+    source = batch.name
     by_kind: dict[str, dict[str, str]] = {kind: {} for kind in FOLDERS}
     for member in members:
         parts = member.split("/")
@@ -151,7 +168,7 @@ def _key_order(key: str) -> tuple[int, ...]:
 class Manifest:
     """One row per complete sample (where its four images live), and the structural problems."""
 
-    root: Path
+    root: str  # absolute local path or URI
     table: pa.Table
     problems: list[Problem]
 
@@ -169,7 +186,7 @@ class Manifest:
     def with_paths(self, table: pa.Table | None = None) -> pa.Table:
         """The table with `source` made absolute, ready for readers in other processes."""
         table = self.table if table is None else table
-        sources = [str(self.root / s) for s in table.column("source").to_pylist()]
+        sources = [storage.join(self.root, s) for s in table.column("source").to_pylist()]
         return table.set_column(table.schema.get_field_index("source"), "source", pa.array(sources, pa.string()))
 
 
@@ -190,44 +207,45 @@ def split_table(table: pa.Table, test_batches: list[int] | None = None) -> dict[
 def load_manifest(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> Manifest:
     """Index the dataset, or read the cached index when no batch changed since it was built.
 
-    The cache sits next to the data when that is writable, else under ~/.cache/fgbg (or cache_dir).
+    The cache sits next to the data when that is writable, else under ~/.cache/fgbg (or cache_dir),
+    keyed by the root's path or URI; either way it is used only while the batches' stamps match.
     """
-    root = Path(root).resolve()
+    root = storage.absolute(root)
     batches = find_batches(root)
     stamp = json.dumps({"version": MANIFEST_VERSION, "batches": [[b.index, b.stamp()] for b in batches]})
     for path in _cache_paths(root, cache_dir):
-        if not refresh and path.is_file():
-            try:
-                cached = pq.read_table(path)
-                meta = cached.schema.metadata or {}
-                if meta.get(b"fgbg_stamp", b"").decode() == stamp:
-                    problems = [Problem(**p) for p in json.loads(meta[b"fgbg_problems"])]
-                    return Manifest(root, cached.replace_schema_metadata(None), problems)
-            except (OSError, pa.ArrowException, KeyError, ValueError):
-                pass  # a stale or damaged cache is rebuilt
+        if refresh:
+            break
+        try:
+            cached = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
+            meta = cached.schema.metadata or {}
+            if meta.get(b"fgbg_stamp", b"").decode() == stamp:
+                problems = [Problem(**p) for p in json.loads(meta[b"fgbg_problems"])]
+                return Manifest(root, cached.replace_schema_metadata(None), problems)
+        except (OSError, pa.ArrowException, KeyError, ValueError):
+            pass  # no cache there, or a stale or damaged one: it is rebuilt
     rows, problems = [], []
     for batch in batches:
         try:
             batch_rows, batch_problems = index_batch(batch, list_members(batch))
         except FgbgError as e:
-            batch_rows, batch_problems = [], [Problem(batch.path.name, "", str(e).split(": ", 1)[1])]
+            batch_rows, batch_problems = [], [Problem(batch.name, "", str(e).split(": ", 1)[1])]
         rows += batch_rows
         problems += batch_problems
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     meta = {"fgbg_stamp": stamp, "fgbg_problems": json.dumps([vars(p) for p in problems])}
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), buffer)
     for path in _cache_paths(root, cache_dir):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            pq.write_table(table.replace_schema_metadata(meta), tmp)
-            os.replace(tmp, path)
+            storage.write_bytes(path, buffer.getvalue().to_pybytes())
             break
-        except OSError:
-            continue
+        except (OSError, FgbgError):
+            continue  # read-only data (or a bucket one may only read): the local cache
     return Manifest(root, table, problems)
 
 
-def _cache_paths(root: Path, cache_dir: str | os.PathLike | None) -> list[Path]:
+def _cache_paths(root: str, cache_dir: str | os.PathLike | None) -> list[str]:
     home = Path(cache_dir) if cache_dir else Path(os.environ.get("FGBG_CACHE", Path.home() / ".cache" / "fgbg"))
-    keyed = home / f"manifest-{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.parquet"
-    return [keyed] if cache_dir else [root / MANIFEST_NAME, keyed]
+    keyed = str(home / f"manifest-{hashlib.sha1(root.encode()).hexdigest()[:16]}.parquet")
+    return [keyed] if cache_dir else [storage.join(root, MANIFEST_NAME), keyed]

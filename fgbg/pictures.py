@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from matplotlib import colormaps
@@ -48,5 +50,7 @@ def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, row
     return np.concatenate(out, axis=0)
 
 
-def save_png(image: np.ndarray, path) -> None:
-    Image.fromarray(image).save(path)
+def png_bytes(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()

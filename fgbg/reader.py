@@ -11,11 +11,11 @@ import io
 import os
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import storage
 from .errors import BadSample
 
 _ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
@@ -25,15 +25,15 @@ _BG_CACHE_SIZE = 512  # decoded backgrounds kept per process (≈ 77 KB each at 
 
 
 def read_member(source: str, member: str) -> bytes:
-    """The bytes of one file of a batch (zip read in place, or folder)."""
+    """The bytes of one file of a batch (zip read in place, or folder; local, or ranged reads from a URI)."""
     try:
         if source.endswith(".zip"):
             key = (os.getpid(), source)  # a forked child must not share its parent's file offset
             zf = _ZIPS.get(key)
             if zf is None:
-                zf = _ZIPS[key] = zipfile.ZipFile(source)
+                zf = _ZIPS[key] = zipfile.ZipFile(storage.open_input(source))
             return zf.read(member)
-        return (Path(source) / member).read_bytes()
+        return storage.read_bytes(storage.join(source, member))
     except (KeyError, FileNotFoundError):
         raise BadSample(source, member, "missing") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:

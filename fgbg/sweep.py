@@ -16,12 +16,14 @@ Distributions: choice (list), grid (list, every value in every sample), uniform 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import storage
 from .config import Config
 from .errors import FgbgError
 
@@ -157,20 +159,25 @@ def sweep(
     if scheduler not in ("asha", "fifo"):
         raise FgbgError(f"--scheduler must be asha or fifo, not {scheduler!r}")
     base = Config.from_dict({**space.fixed, **({"objective": space.objective} if space.objective else {})})
-    base.data = str(Path(data).resolve())
+    base.data = storage.absolute(data)
     base.epochs = epochs or base.epochs
     base.workers, base.gpu = workers_per_trial, gpu
-    local = "://" not in out
-    out = str(Path(out).resolve()) if local else out
+    out = storage.absolute(out)
+    if storage.is_uri(out):
+        storage.is_dir(out)  # a missing bucket or denied access stops here, before any trial
     base.out = f"{out.rstrip('/')}/{name}/trials"
     experiment = f"{out.rstrip('/')}/{name}"
 
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(workers_per_trial * base.cpus_per_worker) + 2))
     cap = max_concurrency(workers_per_trial, base.cpus_per_worker, gpu)
-    concurrency = min(concurrency or cap, cap)
-    # the trial itself only launches a TorchTrainer, which reserves the workers' resources on its own
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": 0.01})
+    if concurrency and concurrency > cap:
+        print(f"the cluster holds {cap} trial(s) at a time now; the others wait until it grows (autoscaling)", flush=True)
+    concurrency = concurrency or cap
+    # the trial itself only launches a TorchTrainer, which reserves the workers' resources on its own;
+    # it asks for no CPU at all (Tune needs some resource: 1 MiB of memory), since even a fraction of
+    # one would leave its node a fraction short of the whole CPU a decoding task needs
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": 0, "memory": 2**20})
     if resume:
         if not tune.Tuner.can_restore(experiment):
             raise FgbgError(f"{experiment}: no sweep to resume there")
@@ -187,7 +194,8 @@ def sweep(
             tune_config=tune.TuneConfig(
                 metric="objective", mode="max", num_samples=trials, scheduler=sched, max_concurrent_trials=concurrency
             ),
-            run_config=tune.RunConfig(name=name, storage_path=out),
+            # a trial whose node is lost runs again under its trial id, so its training resumes from its checkpoint
+            run_config=tune.RunConfig(name=name, storage_path=out, failure_config=tune.FailureConfig(max_failures=base.max_failures)),
         )
     grid = tuner.fit()
     rows = summarise(grid, base, list(space.space))
@@ -195,11 +203,9 @@ def sweep(
         raise FgbgError(f"{experiment}: no trial reported any epoch")
     best = max(rows, key=lambda r: r["best_objective"])
     best_cfg = Config.from_dict({**base.to_dict(), **{k: best[k] for k in space.space}, "name": "", "out": "runs"})
-    if local:
-        Path(experiment).mkdir(parents=True, exist_ok=True)
-        _write_csv(Path(experiment) / "results.csv", rows)
-        (Path(experiment) / "best_config.yaml").write_text(best_cfg.to_yaml())
-        plot(grid, rows, Path(experiment) / "sweep.png")
+    storage.write_bytes(storage.join(experiment, "results.csv"), _csv(rows))
+    storage.write_bytes(storage.join(experiment, "best_config.yaml"), best_cfg.to_yaml().encode())
+    storage.write_bytes(storage.join(experiment, "sweep.png"), plot(grid, rows))
     return {"experiment": experiment, "best": best, "trials": rows, "concurrency": concurrency}
 
 
@@ -233,15 +239,16 @@ def summarise(grid, base: Config, keys: list[str]) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def _csv(rows: list[dict]) -> bytes:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
 
 
-def plot(grid, rows: list[dict], path: Path) -> None:
-    """IoU against SSIM per trial, and each trial's objective per epoch."""
+def plot(grid, rows: list[dict]) -> bytes:
+    """A PNG: IoU against SSIM per trial, and each trial's objective per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,6 +270,8 @@ def plot(grid, rows: list[dict], path: Path) -> None:
     right.set_title("learning curves")
     right.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return png.getvalue()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import storage
 from .config import Config
 from .errors import BadSample, FgbgError
 from .losses import MaskDepthLoss
@@ -97,10 +98,13 @@ def train_func_per_worker(loop_config: dict) -> None:
             say(f"resuming after epoch {state['epoch'] + 1} of {cfg.epochs}")
 
     writer = None
-    if rank == 0 and "://" not in cfg.run_dir:
+    tensorboard = storage.join(cfg.run_dir, "tensorboard")
+    if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+        # for a run on an object store, events are written here and uploaded after every epoch
+        local_events = tempfile.mkdtemp(prefix="fgbg-tensorboard-") if storage.is_uri(tensorboard) else tensorboard
+        writer = SummaryWriter(local_events)
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
     per_worker = max(1, cfg.batch_size // world)
@@ -180,6 +184,8 @@ def train_func_per_worker(loop_config: dict) -> None:
             for k, v in metrics.items():
                 writer.add_scalar(f"epoch/{k}", v, epoch + 1)
             writer.flush()
+            if local_events != tensorboard:
+                storage.upload_dir(local_events, tensorboard)
         if rank == 0:
             say(
                 f"epoch {epoch + 1}/{cfg.epochs} done: train loss {metrics.get('train_loss', float('nan')):.4f} | test loss {metrics['loss']:.4f} "
@@ -261,11 +267,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: bo
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
-def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, dict]]:
-    """(checkpoint folder, its metrics) for every checkpoint of a local run, oldest first."""
+def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[str, dict]]:
+    """(checkpoint folder, its metrics) for every checkpoint of a run (local or on an object store), oldest first."""
     found = []
-    for metrics_file in Path(run_dir).glob("checkpoint_*/metrics.json"):
-        found.append((metrics_file.parent, json.loads(metrics_file.read_text())))
+    if storage.is_dir(run_dir):
+        for entry in storage.listdir(run_dir):
+            metrics_file = storage.join(run_dir, entry.path, "metrics.json")
+            if entry.path.startswith("checkpoint_") and storage.info(metrics_file).is_file:
+                found.append((storage.join(run_dir, entry.path), json.loads(storage.read_bytes(metrics_file))))
     return sorted(found, key=lambda c: c[1]["epoch"])
 
 
@@ -277,9 +286,10 @@ def prepare(cfg: Config) -> dict:
         raise FgbgError("no dataset given (--data DIR, or data: in the config)")
     if not cfg.name:
         cfg.name = time.strftime("run-%Y%m%d-%H%M%S")
-    if "://" not in cfg.out:
-        cfg.out = str(Path(cfg.out).resolve())
-    cfg.data = str(Path(cfg.data).resolve())
+    cfg.out = storage.absolute(cfg.out)
+    cfg.data = storage.absolute(cfg.data)
+    if storage.is_uri(cfg.out):
+        storage.is_dir(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
     manifest = load_manifest(cfg.data)
     if manifest.problems:
         lines = "\n  ".join(str(p) for p in manifest.problems[:10])
@@ -309,9 +319,7 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
         "train": build_dataset(tables["train"], ingest, train=True),
         "test": build_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, train=False),
     }
-    if "://" not in cfg.run_dir:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(cfg.to_yaml())
+    storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress},
@@ -360,7 +368,7 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     tables = prepare(cfg)
-    last = find_checkpoints(cfg.run_dir) if "://" not in cfg.run_dir else []
+    last = find_checkpoints(cfg.run_dir)
     if last and last[-1][1]["epoch"] >= cfg.epochs:
         print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
         return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}

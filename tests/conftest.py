@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -7,6 +8,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+# Object-store tests talk to an S3 server on loopback (tests/test_storage.py starts it on this port).
+# Set before any Ray starts, so that every Ray worker has them; never a real account's credentials.
+with socket.socket() as _s:
+    _s.bind(("127.0.0.1", 0))
+    S3_PORT = _s.getsockname()[1]
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="fgbg-test", AWS_SECRET_ACCESS_KEY="fgbg-test",
+    AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+)
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -42,12 +44,12 @@ class Node(NamedTuple):
 
 
 class LoopbackCluster:
-    """A head (and worker nodes added on demand), token auth on, dashboard on 127.0.0.1."""
+    """A head with no CPUs, as cluster.yaml's (and worker nodes added on demand); token auth on, dashboard on 127.0.0.1."""
 
-    def __init__(self, logs: Path, head_cpus: int = 0, autoscaling_config: Path | None = None, env: dict | None = None):
+    def __init__(self, logs: Path, port: int | None = None, autoscaling_config: Path | None = None, env: dict | None = None):
         self.logs = Path(logs)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port = port or free_port(), free_port()
         self.env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` and `ray` of this venv
@@ -57,7 +59,8 @@ class LoopbackCluster:
             **(env or {}),
         }
         self.nodes: list[subprocess.Popen] = []
-        head = ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+        self.temp_dirs: list[str] = []
+        head = ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
         if autoscaling_config:
             head.append(f"--autoscaling-config={autoscaling_config}")
@@ -80,7 +83,10 @@ class LoopbackCluster:
     def add_node(self, num_cpus: int) -> Node:
         """Start a worker node and wait until the head counts it."""
         before = {n["node_id"] for n in self.alive_nodes()}
-        proc = self._start("worker", [f"--address=127.0.0.1:{self.port}", f"--num-cpus={num_cpus}"])
+        # each node its own /tmp/ray, as each machine has: nodes sharing one would unpack a job's working_dir
+        # over the directory its driver runs in
+        self.temp_dirs.append(tempfile.mkdtemp(prefix=f"ray{self.port}-"))
+        proc = self._start("worker", [f"--address=127.0.0.1:{self.port}", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dirs[-1]}"])
         self._wait(lambda: {n["node_id"] for n in self.alive_nodes()} - before, 90, "a worker node to join")
         (node_id,) = {n["node_id"] for n in self.alive_nodes()} - before
         return Node(proc, node_id)
@@ -140,3 +146,33 @@ class LoopbackCluster:
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{self.port}"):
             current.unlink()
+        for temp in self.temp_dirs:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def fake_autoscaling_config(cluster_yaml: Path, port: int, cpu_scale: float, idle_timeout_minutes: float) -> dict:
+    """cluster.yaml as Ray prepares it for `ray up`, on Ray's fake multi-node provider: the same node types,
+    their CPUs scaled down to fit this machine, nodes started as local processes instead of instances."""
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config
+
+    config = prepare_config(yaml.safe_load(Path(cluster_yaml).read_text()))
+    config["provider"] = {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                          "disable_node_updaters": True, "disable_launch_config_check": True}
+    types = {}
+    for name, node_type in config["available_node_types"].items():
+        node_type = copy.deepcopy(node_type)
+        cpus = node_type["resources"].get("CPU", 0)
+        node_type["resources"]["CPU"] = max(1, round(cpus * cpu_scale)) if cpus else 0
+        node_type["node_config"] = {}
+        # the fake provider names its head node's type "ray.head.default"
+        types["ray.head.default" if name == config["head_node_type"] else name] = node_type
+    config["available_node_types"], config["head_node_type"] = types, "ray.head.default"
+    config["idle_timeout_minutes"] = idle_timeout_minutes
+    config.pop("docker", None)
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "initialization_commands"):
+        config[key] = []
+    config["file_mounts"] = {}
+    return config

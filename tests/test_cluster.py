@@ -4,16 +4,21 @@ Each node is its own `ray start` process (tests/loopback.py); the head advertise
 cluster.yaml's head does, so all training and decoding happens on the worker nodes.
 """
 
+import csv
+import json
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
 from fgbg.synth import SynthSpec, write_dataset
 from fgbg.train import find_checkpoints
-from loopback import LoopbackCluster, registered_epoch
+from loopback import LoopbackCluster, fake_autoscaling_config, free_port, registered_epoch
 
+CLUSTER_YAML = Path(__file__).parents[1] / "cluster.yaml"
 TRAIN = "python jobs/train.py --size 32 --width 0.25 --workers 2 --batch-size 8 --set placement_strategy=SPREAD --set log_every=100"
 
 
@@ -70,3 +75,55 @@ def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(clu
     assert set(done) == {1, 2, 3, 4} and sum(done.values()) - 4 <= 1  # at most the interrupted epoch again
     assert all(done[e] == 1 for e in range(1, resumed + 1))  # nothing before the checkpoint was recomputed
     assert find_checkpoints(run)[-1][1]["epoch"] == 4
+
+
+
+def test_lost_worker_node_during_a_sweep_resumes_its_trials(cluster, longer_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    fixed = {"size": 64, "width": 0.25, "batch_size": 8, "epochs": 3, "log_every": 100, "placement_strategy": "SPREAD"}
+    space.write_text(yaml.safe_dump({"fixed": fixed, "space": {"w_depth": {"grid": [0.5, 2.0]}}}))
+    job = cluster.submit(f"python jobs/tune.py --space {space} --data {longer_data} --trials 1 --scheduler fifo --out {tmp_path} --name sw")
+    trials = tmp_path / "sw" / "trials"
+    deadline = time.time() + 300
+    while not any(registered_epoch(run) >= 1 for run in trials.glob("*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert any(registered_epoch(run) >= 1 for run in trials.glob("*")), cluster.jobs.get_job_logs(job)[-3000:]
+    training = {a["node_id"] for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE"}
+    lost = next(n for n in cluster.workers if n.node_id in training)
+    cluster.workers.remove(lost)
+    cluster.kill_node(lost)
+    cluster.workers.append(cluster.add_node(2))
+    status = cluster.wait_job(job, 500)
+    assert status == "SUCCEEDED", cluster.jobs.get_job_logs(job)[-3000:]
+    rows = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
+    assert len(rows) == 2 and all(row["epochs"] == "3" for row in rows)
+    for result in (tmp_path / "sw").glob("run_trial_*/result.json"):
+        epochs = Counter(json.loads(line)["epoch"] for line in result.read_text().splitlines())
+        assert set(epochs) == {1, 2, 3} and sum(epochs.values()) - 3 <= 1, epochs  # at most one epoch again
+
+
+def test_autoscaler_starts_worker_nodes_for_a_training_job_and_stops_them_when_idle(synth_data, tmp_path):
+    """Ray's fake multi-node provider with cluster.yaml's node types (CPUs scaled to a quarter)."""
+    port = free_port()
+    config = fake_autoscaling_config(CLUSTER_YAML, port, cpu_scale=0.25, idle_timeout_minutes=0.1)
+    (tmp_path / "autoscaling.yaml").write_text(yaml.safe_dump(config))
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # nodes the provider starts use 127.0.0.1 too
+    c = LoopbackCluster(tmp_path / "logs", port=port, autoscaling_config=tmp_path / "autoscaling.yaml", env=env)
+    try:
+        assert len(c.alive_nodes()) == 1  # the head alone: min_workers 0
+        job = c.submit(f"{TRAIN} --data {synth_data} --out {tmp_path} --name as --epochs 1")
+        seen = {}
+        deadline = time.time() + 300
+        while c.jobs.get_job_status(job) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
+            seen.update({n["node_id"]: n for n in c.alive_nodes() if not n["is_head_node"]})
+            time.sleep(1)
+        assert c.wait_job(job, 10) == "SUCCEEDED", c.jobs.get_job_logs(job)[-3000:]
+        assert seen, "the autoscaler started no worker node"
+        node_types = {name: t["resources"] for name, t in config["available_node_types"].items() if name != "ray.head.default"}
+        assert all(n["resources_total"].get("CPU") in {r["CPU"] for r in node_types.values()} for n in seen.values())
+        workers = c.actors("RayTrainWorker")
+        assert len(workers) == 2 and {a["node_id"] for a in workers} <= set(seen)
+        LoopbackCluster._wait(lambda: len(c.alive_nodes()) == 1, 120, "idle worker nodes to be stopped")
+    finally:
+        c.shutdown()

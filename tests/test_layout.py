@@ -44,7 +44,7 @@ def test_batches_sorted_by_number_and_folder_wins_over_zip(tmp_path):
     (root / "batch1").mkdir()
     (root / "notes.txt").write_text("not a batch")
     batches = find_batches(root)
-    assert [(b.index, b.path.name) for b in batches] == [(1, "batch1"), (2, "batch2_images.zip"), (10, "batch10_images.zip")]
+    assert [(b.index, b.name) for b in batches] == [(1, "batch1"), (2, "batch2_images.zip"), (10, "batch10_images.zip")]
 
 
 def test_missing_partner_and_orphans_are_problems_naming_zip_and_member(tmp_path):

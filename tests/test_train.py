@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,8 +47,8 @@ def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(
     assert Config.load(f"{run}/config.yaml").workers == 2
     checkpoints = find_checkpoints(run)
     assert checkpoints[-1][1]["epoch"] == 2 and len(checkpoints) <= 2  # the best by IoU and the latest
-    assert list((checkpoints[-1][0]).glob("*.pt"))
-    assert list(__import__("pathlib").Path(run, "tensorboard").glob("events.out.tfevents.*"))
+    assert list(Path(checkpoints[-1][0]).glob("*.pt"))
+    assert list(Path(run, "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):

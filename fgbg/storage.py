@@ -1,0 +1,137 @@
+"""Local paths and object-store URIs (s3://bucket/prefix, gs://…) behind a few functions, on pyarrow's filesystems.
+
+Credentials and the endpoint come from the standard environment only (AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance role; AWS_ENDPOINT_URL for an S3-compatible
+store): nothing is kept in configs or logs. Local paths keep plain file access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .errors import FgbgError
+
+_FILESYSTEMS: dict[tuple[int, str], pafs.FileSystem] = {}
+
+
+def is_uri(path) -> bool:
+    return "://" in str(path)
+
+
+def absolute(path) -> str:
+    """A URI as given (without a trailing /); a local path made absolute."""
+    return str(path).rstrip("/") if is_uri(path) else str(Path(path).resolve())
+
+
+def join(base, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def basename(path) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def filesystem(path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of a path or URI and the path inside it (one client per bucket and process)."""
+    path = str(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), str(Path(path).resolve())
+    scheme, rest = path.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    key = (os.getpid(), f"{scheme}://{bucket}")  # a forked child makes its own client
+    if key not in _FILESYSTEMS:
+        try:
+            _FILESYSTEMS[key] = pafs.FileSystem.from_uri(key[1])[0]
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise FgbgError(f"{path}: cannot open this location ({e})") from None
+    return _FILESYSTEMS[key], rest.rstrip("/")
+
+
+def failure(path, error: Exception) -> FgbgError:
+    """One clear error naming the path or URI, for what a filesystem raised."""
+    text = str(error)
+    if "ACCESS_DENIED" in text or "AccessDenied" in text or isinstance(error, PermissionError):
+        return FgbgError(f"{path}: access denied (check the AWS credentials or instance role, and the bucket policy)")
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return FgbgError(f"{path}: no such bucket")
+    if isinstance(error, FileNotFoundError):
+        return FgbgError(f"{path}: no such file or folder")
+    return FgbgError(f"{path}: {text.splitlines()[0] if text else type(error).__name__}")
+
+
+def info(path) -> pafs.FileInfo:
+    fs, inner = filesystem(path)
+    try:
+        return fs.get_file_info(inner)
+    except OSError as e:
+        raise failure(path, e) from None
+
+
+def is_dir(path) -> bool:
+    """Whether path is a folder (for a URI: a prefix with objects under it); a missing bucket is an error."""
+    if not is_uri(path):
+        return Path(path).is_dir()
+    fs, inner = filesystem(path)
+    bucket = inner.split("/", 1)[0]
+    if info(f"{str(path).split('://', 1)[0]}://{bucket}").type == pafs.FileType.NotFound:
+        raise FgbgError(f"{path}: no such bucket {bucket!r} (or no access to it)")
+    return info(path).type == pafs.FileType.Directory
+
+
+def listdir(path, recursive: bool = False) -> list[pafs.FileInfo]:
+    """What is in a folder (every file under it when recursive); FileInfo.path is relative to it."""
+    fs, inner = filesystem(path)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(inner, recursive=recursive))
+    except OSError as e:
+        raise failure(path, e) from None
+    prefix = inner.rstrip("/") + "/"
+    return [pafs.FileInfo(f.path[len(prefix):], f.type, mtime_ns=f.mtime_ns, size=f.size) for f in found]
+
+
+def open_input(path):
+    """A seekable binary file (for a URI: ranged reads, nothing downloaded up front), e.g. for zipfile."""
+    if not is_uri(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path)
+    return fs.open_input_file(inner)
+
+
+def read_bytes(path) -> bytes:
+    if not is_uri(path):
+        return Path(path).read_bytes()
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read()
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write a whole file: local files by rename (atomic), objects by one upload (atomic too)."""
+    if not is_uri(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, inner = filesystem(path)
+    try:
+        with fs.open_output_stream(inner) as f:
+            f.write(data)
+    except OSError as e:
+        raise failure(path, e) from None
+
+
+def upload_dir(local: str, uri: str) -> None:
+    """Copy a local folder's files to a URI (overwriting what is there)."""
+    fs, inner = filesystem(uri)
+    try:
+        pafs.copy_files(local, inner, destination_filesystem=fs)
+    except OSError as e:
+        raise failure(uri, e) from None
