@@ -7,6 +7,7 @@ store): nothing is kept in configs or logs. Local paths keep plain file access.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pyarrow.fs as pafs
 
 from .errors import FgbgError
 
+READ_AHEAD = 32 * 1024  # a 160×160 JPEG is 5–10 KB (bench/s3_read.py, docs/benchmarks.md)
 _FILESYSTEMS: dict[tuple[int, str], pafs.FileSystem] = {}
 
 
@@ -94,11 +96,15 @@ def listdir(path, recursive: bool = False) -> list[pafs.FileInfo]:
 
 
 def open_input(path):
-    """A seekable binary file (for a URI: ranged reads, nothing downloaded up front), e.g. for zipfile."""
+    """A seekable binary file (for a URI: ranged reads, nothing downloaded up front), e.g. for zipfile.
+
+    zipfile reads a member as three small reads (header, name, data); for a URI each read is a
+    request, so a read-ahead makes it one request for any image up to about READ_AHEAD bytes.
+    """
     if not is_uri(path):
         return open(path, "rb")
     fs, inner = filesystem(path)
-    return fs.open_input_file(inner)
+    return io.BufferedReader(fs.open_input_file(inner), buffer_size=READ_AHEAD)
 
 
 def read_bytes(path) -> bytes:
