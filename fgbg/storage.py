@@ -73,14 +73,20 @@ def info(path) -> pafs.FileInfo:
         raise failure(path, e) from None
 
 
+def check_bucket(path) -> None:
+    """For a URI, an error naming it when its bucket is missing or may not be read; nothing for a local path."""
+    if is_uri(path):
+        scheme, rest = str(path).split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if info(f"{scheme}://{bucket}").type == pafs.FileType.NotFound:
+            raise FgbgError(f"{path}: no such bucket {bucket!r} (or no access to it)")
+
+
 def is_dir(path) -> bool:
     """Whether path is a folder (for a URI: a prefix with objects under it); a missing bucket is an error."""
     if not is_uri(path):
         return Path(path).is_dir()
-    fs, inner = filesystem(path)
-    bucket = inner.split("/", 1)[0]
-    if info(f"{str(path).split('://', 1)[0]}://{bucket}").type == pafs.FileType.NotFound:
-        raise FgbgError(f"{path}: no such bucket {bucket!r} (or no access to it)")
+    check_bucket(path)
     return info(path).type == pafs.FileType.Directory
 
 

@@ -163,10 +163,9 @@ def sweep(
     base.epochs = epochs or base.epochs
     base.workers, base.gpu = workers_per_trial, gpu
     out = storage.absolute(out)
-    if storage.is_uri(out):
-        storage.is_dir(out)  # a missing bucket or denied access stops here, before any trial
-    base.out = f"{out.rstrip('/')}/{name}/trials"
-    experiment = f"{out.rstrip('/')}/{name}"
+    storage.check_bucket(out)  # a missing bucket or denied access stops here, before any trial
+    base.out = storage.join(out, name, "trials")
+    experiment = storage.join(out, name)
 
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(workers_per_trial * base.cpus_per_worker) + 2))

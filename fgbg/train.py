@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -211,6 +212,8 @@ def train_func_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
     if writer:
         writer.close()
+        if local_events != tensorboard:
+            shutil.rmtree(local_events, ignore_errors=True)
 
 
 _PARTS = ("loss", "loss_mask", "loss_depth_ssim", "loss_depth_l1")
@@ -288,8 +291,7 @@ def prepare(cfg: Config) -> dict:
         cfg.name = time.strftime("run-%Y%m%d-%H%M%S")
     cfg.out = storage.absolute(cfg.out)
     cfg.data = storage.absolute(cfg.data)
-    if storage.is_uri(cfg.out):
-        storage.is_dir(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
+    storage.check_bucket(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
     manifest = load_manifest(cfg.data)
     if manifest.problems:
         lines = "\n  ".join(str(p) for p in manifest.problems[:10])
