@@ -38,7 +38,7 @@ def _train(args) -> int:
     overrides = dict(
         data=args.data, out=args.out, name=args.name, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
         size=args.size, width=args.width, lr=args.lr, on_bad=args.on_bad, train_samples=args.train_samples,
-        test_samples=args.test_samples, gpu=True if args.gpu else None,
+        test_samples=args.test_samples, gpu=True if args.gpu else None, profile=args.profile,
     )
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -49,6 +49,8 @@ def _train(args) -> int:
     result = fit(cfg, address=args.address, verbose=args.verbose)
     m = result["metrics"]
     print(f"run {result['run_dir']}: epoch {m['epoch']} IoU {m['iou']:.4f} SSIM {m['ssim']:.4f} RMSE {m['rmse']:.4f} (best IoU {m['best_iou']:.4f})")
+    if result.get("report"):
+        print(f"  report: {result['report']}")
     if result["run_dir"].startswith("s3://"):
         print(f"  aws s3 sync {result['run_dir']}/tensorboard tensorboard/ && tensorboard --logdir tensorboard")
     else:
@@ -88,6 +90,20 @@ def _profile(args) -> int:
             f"  inference {r['inference_samples_per_s']} samples/s, train step {r['train_samples_per_s']} samples/s "
             f"(batch {r['batch']}, {r['threads']} threads)"
         )
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _compare(args) -> int:
+    from .report import compare
+
+    print(compare(args.run_a, args.run_b))
     return 0
 
 
@@ -170,8 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-samples", type=int, help="evaluate on the first N test samples only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set w_depth=2 (repeatable)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--profile", choices=["cprofile", "torch", "memory"],
+                   help="profile the run: cProfile per worker, a PyTorch profiler trace, or activation memory per layer (off by default)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs too")
     p.set_defaults(run=_train)
+
+    p = verbs.add_parser("report", help="write (again) a run's report.md, curves.png and times.png; also while it runs")
+    p.add_argument("run_dir", help="a run directory (OUT/NAME), local or a URI")
+    p.set_defaults(run=_report)
+
+    p = verbs.add_parser("compare", help="two runs' last metrics and median times per epoch, side by side")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(run=_compare)
 
     p = verbs.add_parser("tune", help="sweep loss weights, widths, batch size … with Ray Tune")
     p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")

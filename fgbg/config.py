@@ -52,11 +52,15 @@ class Config:
     placement_strategy: str = "PACK"  # of the workers over nodes: PACK fills a multi-GPU node first; SPREAD one per node
     max_failures: int = 1  # worker-group restarts from the last checkpoint
     log_every: int = 10  # steps between progress lines
+    profile: str | None = None  # cprofile, torch or memory (off: nothing is installed); files in RUN/profile/
+    profile_steps: int = 5  # training steps the torch and memory profiles record
     extra: dict = field(default_factory=dict)  # free-form notes carried into the run directory
 
     def __post_init__(self):
         if self.size % 16 or self.size < 16:
             raise FgbgError(f"size must be a multiple of 16 (the UNet halves it four times), not {self.size}")
+        if self.profile not in (None, "cprofile", "torch", "memory"):
+            raise FgbgError(f"profile must be cprofile, torch or memory, not {self.profile!r}")
         if self.on_bad not in ("error", "skip"):
             raise FgbgError(f"on_bad must be 'error' or 'skip', not {self.on_bad!r}")
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):

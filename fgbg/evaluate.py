@@ -43,6 +43,8 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
 
     Writes metrics.json and results.png (bg, fg_bg, true and predicted mask, true and predicted depth) to out.
     """
+    from tqdm import tqdm
+
     from .ingest import IngestConfig, build_dataset
     from .layout import load_manifest
     from .metrics import SetMetrics
@@ -66,7 +68,9 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     def keep_grid(batch, mask_logits, depth):
         grid["image"] = result_grid(batch, mask_logits, depth)
 
-    sums = evaluate_batches(model, ds.iter_torch_batches(batch_size=batch_size), device, on_first=keep_grid).sums
+    batches = tqdm(ds.iter_torch_batches(batch_size=batch_size), total=-(-table.num_rows // batch_size), desc="evaluate",
+                   unit="batch", disable=None)  # a bar on a terminal only
+    sums = evaluate_batches(model, batches, device, on_first=keep_grid).sums
     metrics = SetMetrics.compute(sums)
     metrics.pop("loss")
     result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split}

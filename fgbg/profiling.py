@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -68,3 +73,87 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
         "train_samples_per_s": round(training, 2),
         "threads": torch.get_num_threads(),
     }
+
+
+class RunProfiler:
+    """`--profile` of a training run, per worker: `step()` after every training step, `finish()` at the end.
+
+    Off (the default) it installs nothing: no profiler, no hook. Files go to RUN/profile/ (the torch
+    trace to RUN/tensorboard/profile/, where TensorBoard's profiler plugin looks).
+    """
+
+    def __init__(self, mode: str | None, model: torch.nn.Module, run_dir: str, rank: int, device: torch.device, steps: int = 5):
+        self.mode, self.run_dir, self.rank, self.device, self.steps = mode, run_dir, rank, device, steps
+        self.handles: list = []
+        self.records: dict[str, dict] = {}
+        if mode == "cprofile":
+            import cProfile
+
+            self.prof = cProfile.Profile()
+            self.prof.enable()
+        elif mode == "torch":
+            from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+            self.local = tempfile.mkdtemp(prefix="fgbg-trace-")
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            self.prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=steps, repeat=1),
+                                on_trace_ready=tensorboard_trace_handler(self.local, worker_name=f"rank{rank}"),
+                                record_shapes=True, profile_memory=True)
+            self.prof.start()
+        elif mode == "memory" and rank == 0:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            self.handles = [m.register_forward_hook(self._record(name)) for name, m in model.named_modules() if not any(m.children())]
+
+    def _record(self, name: str):
+        def hook(module, inputs, output):
+            tensors = [t for t in (output if isinstance(output, (tuple, list)) else (output,)) if torch.is_tensor(t)]
+            entry = self.records.setdefault(name, {"layer": name, "type": type(module).__name__, "shape": list(tensors[0].shape) if tensors else None, "bytes": 0})
+            entry["bytes"] = max(entry["bytes"], sum(t.numel() * t.element_size() for t in tensors))
+
+        return hook
+
+    def step(self) -> None:
+        if self.mode == "torch":
+            self.prof.step()
+        elif self.handles:
+            self.steps -= 1
+            if self.steps <= 0:
+                self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def finish(self) -> str | None:
+        """Write the profile's files; a summary to print (rank 0), or None."""
+        from . import storage
+
+        if self.mode == "cprofile":
+            import pstats
+
+            self.prof.disable()
+            name = f"cprofile-rank{self.rank}.prof"
+            with tempfile.TemporaryDirectory() as tmp:
+                self.prof.dump_stats(f"{tmp}/{name}")
+                storage.write_bytes(storage.join(self.run_dir, "profile", name), Path(tmp, name).read_bytes())
+            text = io.StringIO()
+            pstats.Stats(self.prof, stream=text).sort_stats("cumulative").print_stats(15)
+            return f"cProfile of rank {self.rank}: profile/{name} (python -m pstats, or snakeviz)\n{text.getvalue().strip()}"
+        if self.mode == "torch":
+            self.prof.stop()
+            target = storage.join(self.run_dir, "tensorboard", "profile")
+            storage.upload_dir(self.local, target)
+            shutil.rmtree(self.local, ignore_errors=True)
+            table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+            return f"PyTorch profiler trace of steps 3–{self.steps + 2} in {target} (TensorBoard's profiler plugin, or ui.perfetto.dev)\n{table}"
+        if self.mode == "memory" and self.rank == 0:
+            self._remove_hooks()
+            layers = sorted(self.records.values(), key=lambda r: -r["bytes"])
+            peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+            doc = {"device": str(self.device), "activation_bytes": sum(r["bytes"] for r in layers), "peak_cuda_bytes": peak, "layers": layers}
+            storage.write_bytes(storage.join(self.run_dir, "profile", "memory.json"), json.dumps(doc, indent=2).encode())
+            top = "\n".join(f"  {r['bytes'] / 2**20:8.2f} MiB  {r['layer']} ({r['type']}, {r['shape']})" for r in layers[:10])
+            return f"activation memory per layer of one training batch per worker: profile/memory.json ({doc['activation_bytes'] / 2**20:.1f} MiB in all)\n{top}"
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,7 +142,10 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def upload_dir(local: str, uri: str) -> None:
-    """Copy a local folder's files to a URI (overwriting what is there)."""
+    """Copy a local folder's files to a URI or another local folder (overwriting what is there)."""
+    if not is_uri(uri):
+        shutil.copytree(local, uri, dirs_exist_ok=True)
+        return
     fs, inner = filesystem(uri)
     try:
         pafs.copy_files(local, inner, destination_filesystem=fs)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,8 @@ from .errors import BadSample, FgbgError
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
 from .model import UNet
+from .profiling import RunProfiler
+from .report import append_history, write_report
 
 
 def build_model(cfg: Config) -> UNet:
@@ -86,6 +89,7 @@ def train_func_per_worker(loop_config: dict) -> None:
     amp_dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
+    profiler = RunProfiler(cfg.profile, core, cfg.run_dir, rank, device, cfg.profile_steps)
     start_epoch, best_iou, step = 0, -1.0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -135,6 +139,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            profiler.step()
             t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
             t_compute += t_wait - t0
             n = len(batch["fg_bg"])
@@ -142,6 +147,8 @@ def train_func_per_worker(loop_config: dict) -> None:
             step += 1
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+            if rank == 0:
+                say.step(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, parts["loss"])
             if rank == 0 and (i + 1) % cfg.log_every == 0:
                 rate = seen * world / max(time.perf_counter() - t_epoch, 1e-9)
                 say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {parts['loss']:.4f} {rate:.1f} samples/s")
@@ -181,6 +188,8 @@ def train_func_per_worker(loop_config: dict) -> None:
         best_iou = max(best_iou, metrics["iou"])
         metrics["best_iou"] = best_iou
         metrics["time_other"] = time.perf_counter() - t_epoch - t_compute - t_data
+        if rank == 0:
+            append_history(cfg.run_dir, metrics)
         if writer:
             for k, v in metrics.items():
                 writer.add_scalar(f"epoch/{k}", v, epoch + 1)
@@ -210,6 +219,9 @@ def train_func_per_worker(loop_config: dict) -> None:
                 (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+    summary = profiler.finish()
+    if summary and rank == 0:
+        say(summary)
     if writer:
         writer.close()
         if local_events != tensorboard:
@@ -220,33 +232,61 @@ _PARTS = ("loss", "loss_mask", "loss_depth_ssim", "loss_depth_l1")
 
 
 class _Say:
-    """Rank 0's progress lines: sent to the driver through a Ray queue, so that they show without Ray's logs."""
+    """Rank 0's progress: lines, and steps for the driver's progress bar, sent through a Ray queue so
+    that they show without Ray's logs."""
 
     def __init__(self, queue=None):
         self.queue = queue
+        self.last_step = 0.0
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line) -> None:
         if self.queue is not None:
             try:
                 self.queue.put_nowait(line)
                 return
             except Exception:  # the driver (and its queue) is gone: progress is not worth failing training for
                 self.queue = None
-        print(line, flush=True)
+        if isinstance(line, str):
+            print(line, flush=True)
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        """A bar update, at most twice a second (and at an epoch's last step)."""
+        if time.monotonic() - self.last_step > 0.5 or step == steps:
+            self.last_step = time.monotonic()
+            self({"epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": loss})
 
 
 def _relay(queue, stop) -> None:
-    """Driver side: print progress lines as they arrive, until stop is set and the queue is empty."""
+    """Driver side: print progress lines and keep a step bar per epoch (on a terminal), until stop is set."""
     from ray.util.queue import Empty
+    from tqdm import tqdm
 
-    while True:
-        try:
-            print(queue.get(timeout=0.5), flush=True)
-        except Empty:
-            if stop.is_set():
-                return
-        except Exception:  # the queue's actor is gone (cluster shut down): nothing more will come
-            return
+    bar, bar_epoch = None, None
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=0.5)
+            except Empty:
+                if stop.is_set():
+                    return
+                continue
+            if isinstance(item, str):
+                tqdm.write(item)  # above the bar, if there is one
+                sys.stdout.flush()
+                continue
+            if item["epoch"] != bar_epoch:
+                if bar is not None:
+                    bar.close()
+                # disable=None: a bar on a terminal only; job logs get the progress lines alone
+                bar = tqdm(total=item["steps"], desc=f"epoch {item['epoch']}/{item['epochs']}", unit="step", disable=None, leave=False)
+                bar_epoch = item["epoch"]
+            bar.update(item["step"] - bar.n)
+            bar.set_postfix(loss=f"{item['loss']:.4f}", refresh=False)
+    except Exception:  # the queue's actor is gone (cluster shut down): nothing more will come
+        return
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # ---------------------------------------------------------------- driver
@@ -398,7 +438,8 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
         stop.set()
         relay.join(timeout=10)
         progress.shutdown()
-    return {"run_dir": cfg.run_dir, "metrics": result.metrics}
+    report = write_report(cfg.run_dir)
+    return {"run_dir": cfg.run_dir, "metrics": result.metrics, "report": report}
 
 
 def bad_sample_message(error: BaseException) -> str | None:

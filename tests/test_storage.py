@@ -67,7 +67,7 @@ def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_t
     fit(Config(**cfg, epochs=1))
     run = f"{runs}/s3run"
     assert [m["epoch"] for _, m in find_checkpoints(run)] == [1]
-    assert storage.info(f"{run}/config.yaml").is_file
+    assert storage.info(f"{run}/config.yaml").is_file and storage.info(f"{run}/report.md").is_file
     events = [f.path for f in storage.listdir(f"{run}/tensorboard", recursive=True)]
     assert any("events.out.tfevents" in p for p in events), events
 

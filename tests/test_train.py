@@ -17,6 +17,7 @@ from PIL import Image
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
+from fgbg.report import read_history
 from fgbg.train import find_checkpoints, fit
 from fgbg.synth import SynthSpec, write_dataset
 from loopback import registered_epoch
@@ -59,6 +60,7 @@ def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
     assert "resuming after epoch 2 of 3" in out
     assert "epoch 1/3" not in out and "epoch 3/3 done" in out
     assert result["metrics"]["epoch"] == 3
+    assert [m["epoch"] for m in read_history(result["run_dir"])] == [1, 2, 3]  # the history goes on, no epoch twice
     assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
 
 
