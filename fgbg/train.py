@@ -419,7 +419,8 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     quiet_ray_data()
     _check_room(cfg)
     # the queue lives on the driver's node: losing a worker node must not take the progress lines with it
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    # (a hard affinity: Ray places a soft one elsewhere about half the time, even when the node has room)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = make_trainer(cfg, tables, progress=progress)
     stop = threading.Event()

@@ -1,4 +1,5 @@
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -8,6 +9,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+if not os.environ.get("RAY_AUTH_TOKEN") and not (Path.home() / ".ray" / "auth_token").is_file():
+    # a token for this session's clusters (ours and tests/loopback.py's), inherited by every Ray process;
+    # nothing is written to ~/.ray
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 # Object-store tests talk to an S3 server on loopback (tests/test_storage.py starts it on this port).
 # Set before any Ray starts, so that every Ray worker has them; never a real account's credentials.

@@ -45,6 +45,13 @@ def _epochs_done(logs: str) -> Counter:
     return Counter(int(n) for n in re.findall(r"epoch (\d+)/\d+ done", logs))
 
 
+def _training_node(cluster, job):
+    """A worker node that holds one of this job's live training workers."""
+    driver = cluster.jobs.get_job_info(job).driver_info.id
+    training = {a["node_id"] for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE" and a["job_id"] == driver}
+    return next(n for n in cluster.workers if n.node_id in training)
+
+
 def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, tmp_path):
     job = cluster.submit(f"{TRAIN} --data {synth_data} --out {tmp_path} --name mn --epochs 2")
     status = cluster.wait_job(job, 300)
@@ -52,8 +59,12 @@ def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, 
     assert status == "SUCCEEDED", logs[-3000:]
     assert _epochs_done(logs) == Counter({1: 1, 2: 1})
     assert find_checkpoints(tmp_path / "mn")[-1][1]["epoch"] == 2
-    workers = [a for a in cluster.actors("RayTrainWorker") if a["job_id"] == cluster.jobs.get_job_info(job).driver_info.id]
+    driver = cluster.jobs.get_job_info(job).driver_info
+    workers = [a for a in cluster.actors("RayTrainWorker") if a["job_id"] == driver.id]
     assert {a["node_id"] for a in workers} == {n.node_id for n in cluster.workers}
+    # the progress queue sits with the driver, on the head, where losing a worker node cannot take it
+    (queue,) = [a for a in cluster.actors("_QueueActor") if a["job_id"] == driver.id]
+    assert queue["node_id"] == next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
 
 
 def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(cluster, longer_data, tmp_path):
@@ -63,19 +74,21 @@ def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(clu
     while registered_epoch(run) < 1 and time.time() < deadline:
         time.sleep(0.2)
     assert registered_epoch(run) >= 1, cluster.jobs.get_job_logs(job)[-3000:]
-    lost = cluster.workers.pop(1)
-    cluster.kill_node(lost)  # the node of one training worker, while the next epoch runs
+    lost = _training_node(cluster, job)
+    cluster.workers.remove(lost)
+    cluster.kill_node(lost)  # the node of a training worker, while the next epoch runs
     cluster.workers.append(cluster.add_node(2))  # the replacement the autoscaler would start
     status = cluster.wait_job(job, 400)
     logs = cluster.jobs.get_job_logs(job)
     assert status == "SUCCEEDED", logs[-3000:]
-    resumed = int(re.search(r"resuming after epoch (\d+) of 4", logs).group(1))
+    resumed = re.search(r"resuming after epoch (\d+) of 4", logs)
+    assert resumed, logs[-3000:]
+    resumed = int(resumed.group(1))
     assert resumed >= 1
     done = _epochs_done(logs)
     assert set(done) == {1, 2, 3, 4} and sum(done.values()) - 4 <= 1  # at most the interrupted epoch again
     assert all(done[e] == 1 for e in range(1, resumed + 1))  # nothing before the checkpoint was recomputed
     assert find_checkpoints(run)[-1][1]["epoch"] == 4
-
 
 
 def test_lost_worker_node_during_a_sweep_resumes_its_trials(cluster, longer_data, tmp_path):
@@ -88,8 +101,7 @@ def test_lost_worker_node_during_a_sweep_resumes_its_trials(cluster, longer_data
     while not any(registered_epoch(run) >= 1 for run in trials.glob("*")) and time.time() < deadline:
         time.sleep(0.2)
     assert any(registered_epoch(run) >= 1 for run in trials.glob("*")), cluster.jobs.get_job_logs(job)[-3000:]
-    training = {a["node_id"] for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE"}
-    lost = next(n for n in cluster.workers if n.node_id in training)
+    lost = _training_node(cluster, job)
     cluster.workers.remove(lost)
     cluster.kill_node(lost)
     cluster.workers.append(cluster.add_node(2))
