@@ -28,6 +28,8 @@ test: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train_step.py --check
+	$(BIN)/python bench/ray_overhead.py
 	$(BIN)/python bench/transfer.py
 
 clean:

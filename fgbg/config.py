@@ -42,7 +42,7 @@ class Config:
     lr_patience: int = 2
     seed: int = 0
     channels_last: bool = True
-    amp: bool = True  # mixed precision, on GPU only
+    amp: bool = True  # mixed precision: bf16 on CPUs that compute it natively and on GPUs, else fp16 on GPU (fgbg/step.py)
     # run
     out: str = "runs"  # storage path: every run is a folder under it
     name: str = ""  # run name; re-running with the same name resumes (default: derived from the time)

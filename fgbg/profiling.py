@@ -15,6 +15,7 @@ import torch
 
 from .losses import MaskDepthLoss
 from .model import UNet
+from .step import TrainStep, to_device
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -24,6 +25,17 @@ def count_macs(model: torch.nn.Module, size: int) -> int:
     x = torch.zeros(1, 3, size, size)
     macs, _ = profile(copy.deepcopy(model).cpu().eval(), inputs=(x, x), verbose=False)
     return int(macs)
+
+
+def random_batch(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A training batch of random images, masks and depths (NCHW float32, depth at half size)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "fg_bg": torch.rand(n, 3, size, size, generator=g),
+        "bg": torch.rand(n, 3, size, size, generator=g),
+        "mask": (torch.rand(n, 1, size, size, generator=g) > 0.5).float(),
+        "depth": torch.rand(n, 1, size // 2, size // 2, generator=g),
+    }
 
 
 def _rate(fn, batch: int, repeats: int) -> float:
@@ -36,33 +48,25 @@ def _rate(fn, batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
-def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: int = 3, channels_last: bool = True) -> dict:
-    """params, macs, and median inference and train-step samples/s at this batch size."""
+def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: int = 3, channels_last: bool = True, amp: bool = True) -> dict:
+    """params, macs, and median inference and train-step samples/s at this batch size, on CPU as fgbg runs them."""
     model = UNet(width=width)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, size)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
-    mask = (torch.rand(batch, 1, size, size) > 0.5).float()
-    depth = torch.rand(batch, 1, size // 2, size // 2)
-    loss_fn = MaskDepthLoss()
-    optimizer = torch.optim.Adam(model.parameters())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    batch_ = to_device(random_batch(batch, size), cpu, channels_last)
+    step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), cpu, amp=amp)
 
     def infer():
-        with torch.no_grad():
-            model(x, x)
-
-    def train_step():
-        loss, _ = loss_fn(*model(x, x), mask, depth)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        with torch.no_grad():  # float32, as evaluate and predict run
+            model(batch_["fg_bg"], batch_["bg"])
 
     model.eval()
     inference = _rate(infer, batch, repeats)
     model.train()
-    training = _rate(train_step, batch, repeats)
+    training = _rate(lambda: step(batch_), batch, repeats)
     return {
         "width": width,
         "size": size,
@@ -72,6 +76,7 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
         "inference_samples_per_s": round(inference, 2),
         "train_samples_per_s": round(training, 2),
         "threads": torch.get_num_threads(),
+        "train_precision": str(step.dtype or torch.float32).removeprefix("torch."),
     }
 
 

@@ -29,15 +29,11 @@ from .metrics import SetMetrics
 from .model import UNet
 from .profiling import RunProfiler
 from .report import append_history, write_report
+from .step import TrainStep, to_device
 
 
 def build_model(cfg: Config) -> UNet:
     return UNet(width=cfg.width, widths=tuple(cfg.widths) if cfg.widths else None, separate_decoders=cfg.separate_decoders)
-
-
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {k: v.to(device, non_blocking=True).contiguous(memory_format=fmt) if v.dim() == 4 else v.to(device) for k, v in batch.items()}
 
 
 def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss_fn=None, channels_last: bool = False, on_first=None) -> SetMetrics:
@@ -51,7 +47,7 @@ def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss
             batch, _ = drop_bad(batch)
             if len(batch["fg_bg"]) == 0:
                 continue
-            batch = _to_device(batch, device, channels_last)
+            batch = to_device(batch, device, channels_last)
             mask_logits, depth = model(batch["fg_bg"], batch["bg"])
             loss = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])[1]["loss"] if loss_fn else None
             metrics.update(mask_logits, depth, batch["mask"], batch["depth"], loss)
@@ -74,7 +70,6 @@ def train_func_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.seed)
 
     model = build_model(cfg)
@@ -85,9 +80,7 @@ def train_func_per_worker(loop_config: dict) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     loss_fn = MaskDepthLoss(cfg.w_mask, cfg.w_depth, cfg.w_depth_l1)
-    amp = cfg.amp and on_gpu
-    amp_dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp)
 
     profiler = RunProfiler(cfg.profile, core, cfg.run_dir, rank, device, cfg.profile_steps)
     start_epoch, best_iou, step = 0, -1.0, 0
@@ -95,10 +88,16 @@ def train_func_per_worker(loop_config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
+            last_metrics = json.loads((Path(d) / "metrics.json").read_text())
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_iou, step = state["epoch"] + 1, state["best_iou"], state["step"]
+        if start_epoch >= cfg.epochs:
+            # nothing left to train (a sweep killed as a trial finished restarts that trial): report its last
+            # epoch again, since Tune starts a restarted trial's results afresh
+            ray.train.report(last_metrics)
+            return
         if rank == 0:
             say(f"resuming after epoch {state['epoch'] + 1} of {cfg.epochs}")
 
@@ -121,7 +120,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         t_data = t_compute = 0.0
         seen = skipped = 0
         parts_sum: dict[str, float] = {}
-        batches = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2))
+        batches = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda"))
         t_wait = time.perf_counter()
         for i, batch in enumerate(batches):
             batch, n_bad = drop_bad(batch)
@@ -131,14 +130,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             if len(batch["fg_bg"]) == 0:
                 t_wait = time.perf_counter()
                 continue
-            batch = _to_device(batch, device, cfg.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                mask_logits, depth = model(batch["fg_bg"], batch["bg"])
-            loss, parts = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            parts = train_step(to_device(batch, device, cfg.channels_last))
             profiler.step()
             t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
             t_compute += t_wait - t0

@@ -18,7 +18,7 @@ from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.report import read_history
-from fgbg.train import find_checkpoints, fit
+from fgbg.train import find_checkpoints, fit, make_trainer, prepare
 from fgbg.synth import SynthSpec, write_dataset
 from loopback import registered_epoch
 from original import rewrite_zip, write_original
@@ -62,6 +62,11 @@ def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
     assert result["metrics"]["epoch"] == 3
     assert [m["epoch"] for m in read_history(result["run_dir"])] == [1, 2, 3]  # the history goes on, no epoch twice
     assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
+    # a worker group started on a finished run (as Tune restarts a trial killed as it finished) trains
+    # nothing and reports its last epoch again
+    again = make_trainer(cfg, prepare(cfg)).fit()
+    assert again.metrics["epoch"] == 3 and again.metrics["iou"] == result["metrics"]["iou"]
+    assert len(read_history(result["run_dir"])) == 3
 
 
 def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):

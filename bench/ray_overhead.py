@@ -1,0 +1,97 @@
+"""Ray overhead: fgbg's Ray Train run with one worker against a plain loop of the same training step.
+
+Same synthetic set, model, batch size, step (fgbg.step.TrainStep) and torch threads. The plain loop
+trains on arrays decoded beforehand, so it pays for nothing but the step; the Ray run decodes and
+augments with Ray Data while it trains, as `fgbg train` does. Each epoch is one repeat: medians
+over the epochs after the first (which warms up both).
+    python bench/ray_overhead.py [--size 64] [--samples 960] [--epochs 6] [--threads 2]
+Prints a table and writes bench/out/ray_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from fgbg.config import Config  # noqa: E402
+from fgbg.layout import load_manifest  # noqa: E402
+from fgbg.losses import MaskDepthLoss  # noqa: E402
+from fgbg.reader import decode_batch  # noqa: E402
+from fgbg.report import read_history  # noqa: E402
+from fgbg.step import TrainStep, to_device  # noqa: E402
+from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
+from fgbg.train import build_model  # noqa: E402
+
+OUT = Path(__file__).parent / "out"
+CPU = torch.device("cpu")
+
+
+def plain_loop(cfg: Config, data: Path) -> list[float]:
+    """samples/s of each epoch of the training step over the decoded training set."""
+    m = load_manifest(data)
+    rows = {k: np.array(v, dtype=object) for k, v in m.with_paths(m.split()["train"]).to_pydict().items()}
+    train = {k: torch.from_numpy(v) for k, v in decode_batch(rows, size=cfg.size).items() if k != "bad"}
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), MaskDepthLoss(), CPU, amp=cfg.amp)
+    n, rates = len(train["fg_bg"]), []
+    for _ in range(cfg.epochs):
+        t = time.perf_counter()
+        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
+            step(to_device({k: v[i : i + cfg.batch_size] for k, v in train.items()}, CPU, cfg.channels_last))
+        rates.append((n // cfg.batch_size) * cfg.batch_size / (time.perf_counter() - t))
+    return rates
+
+
+def ray_train(cfg: Config) -> list[float]:
+    """samples/s of each epoch of `fgbg train` (its training loop's time, evaluation excluded)."""
+    from fgbg.train import fit
+
+    fit(cfg)
+    return [m["samples_per_s"] for m in read_history(cfg.run_dir)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--samples", type=int, default=960, help="training samples (one batch of them, and a small test batch)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of both (the Ray worker's CPUs)")
+    args = ap.parse_args()
+
+    data = OUT / f"overhead-{args.size}-{args.samples}"
+    if not data.exists():
+        write_dataset(SynthSpec(str(data), batches=2, per_batch=args.samples, size=args.size, seed=3), workers=0)
+    runs = Path(tempfile.mkdtemp(prefix="fgbg-overhead-"))
+    cfg = Config(data=str(data), size=args.size, width=args.width, batch_size=args.batch, epochs=args.epochs, workers=1,
+                 cpus_per_worker=args.threads, test_samples=64, log_every=10**6, out=str(runs), name="ray")
+    torch.set_num_threads(args.threads)
+    results = {"plain loop": plain_loop(cfg, data), "Ray Train, 1 worker (fgbg train)": ray_train(cfg)}
+
+    print(f"{'loop':<34} {'median samples/s':>17}   epochs")
+    summary = {"size": args.size, "width": args.width, "batch": args.batch, "samples": args.samples, "threads": args.threads, "results": {}}
+    for name, rates in results.items():
+        median = statistics.median(rates[1:])
+        summary["results"][name] = {"median_samples_per_s": round(median, 2), "epochs": [round(r, 2) for r in rates]}
+        print(f"{name:<34} {median:>17.2f}   {[round(r, 1) for r in rates]}")
+    rate = {name: r["median_samples_per_s"] for name, r in summary["results"].items()}
+    summary["ray_vs_plain"] = round(rate["Ray Train, 1 worker (fgbg train)"] / rate["plain loop"], 3)
+    print(f"Ray Train / plain loop: {summary['ray_vs_plain']}")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "ray_overhead.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Train step on CPU: plain PyTorch (eager, NCHW, float32: the original's way) against fgbg's training step.
+
+Speed: every variant takes one step on the same random batch in turn, --repeats times (after two
+warm-up steps each); medians. Achieved FLOP/s count thop's MACs × 2 (multiply-add) × 3 (forward and
+backward), against this machine's float32 matrix product (sgemm) measured in the same run.
+Numerics (--check): each step trains the same initial model on the same synthetic batches in the
+same order, for several seeds; IoU and SSIM on the test batch after the run, against the plain step's.
+    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--compile] [--check | --check-only]
+Prints tables and writes bench/out/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgbg.config import Config
+from fgbg.losses import MaskDepthLoss
+from fgbg.metrics import SetMetrics
+from fgbg.model import UNet
+from fgbg.profiling import count_macs, random_batch
+from fgbg.step import TrainStep, to_device
+
+OUT = Path(__file__).parent / "out"
+CPU = torch.device("cpu")
+
+
+def sgemm_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Median float32 FLOP/s of an n×n matrix product on all of torch's threads."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def plain_step(model: torch.nn.Module):
+    """The original's loop body: NCHW float32 tensors straight into the model."""
+    optimizer = torch.optim.Adam(model.parameters())
+    loss_fn = MaskDepthLoss()
+
+    def step(batch: dict) -> dict[str, float]:
+        loss, parts = loss_fn(*model(batch["fg_bg"], batch["bg"]), batch["mask"], batch["depth"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return parts
+
+    return step, (lambda batch: batch)
+
+
+def fgbg_step(model: torch.nn.Module, channels_last: bool, amp: bool, compile: bool = False):
+    """What fgbg's training loop does (fgbg/train.py): model and batch in its memory format, then TrainStep."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
+    step = TrainStep(forward, torch.optim.Adam(model.parameters()), MaskDepthLoss(), CPU, amp=amp)
+    return step, (lambda batch: to_device(batch, CPU, channels_last))
+
+
+def variants(include_compile: bool) -> dict:
+    cfg = Config()
+    out = {
+        "plain eager NCHW fp32": lambda m: plain_step(m),
+        "channels_last fp32": lambda m: fgbg_step(m, channels_last=True, amp=False),
+        "fgbg (default config)": lambda m: fgbg_step(m, channels_last=cfg.channels_last, amp=cfg.amp),
+    }
+    if include_compile:
+        out["fgbg + torch.compile"] = lambda m: fgbg_step(m, channels_last=cfg.channels_last, amp=cfg.amp, compile=True)
+    return out
+
+
+def speed(args) -> dict:
+    batch = random_batch(args.batch, args.size)
+    steps = {}
+    for name, make in variants(args.compile).items():
+        t = time.perf_counter()
+        step, prepare = make(UNet(width=args.width))
+        ready = prepare(batch)
+        step(ready)
+        step(ready)
+        steps[name] = (step, ready)
+        print(f"  {name}: warm-up {time.perf_counter() - t:.1f} s", flush=True)
+    rates = {name: [] for name in steps}
+    for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits every variant alike
+        for name, (step, ready) in steps.items():
+            t = time.perf_counter()
+            step(ready)
+            rates[name].append(args.batch / (time.perf_counter() - t))
+    return {name: {"median_samples_per_s": round(statistics.median(r), 2), "runs": [round(x, 2) for x in r]} for name, r in rates.items()}
+
+
+def numerics(args) -> dict:
+    """IoU and SSIM of each step after the same short run on synthetic data, for --check-seeds seeds.
+
+    A seed fixes the initial model and the order of the batches; within a seed every step starts
+    from the same weights and sees the same batches. channels_last fp32 differs from the plain step
+    only in the order of float32 operations: how far two runs drift with no change of precision.
+    """
+    from fgbg.layout import load_manifest
+    from fgbg.reader import decode_batch
+    from fgbg.synth import SynthSpec, write_dataset
+
+    size, batch = args.check_size, 16
+    data = OUT / f"step-check-{size}"
+    if not data.exists():
+        write_dataset(SynthSpec(str(data), batches=3, per_batch=320, size=size, seed=11), workers=0)
+    m = load_manifest(data)
+    split = m.split()
+
+    def arrays(table):
+        rows = {k: np.array(v, dtype=object) for k, v in m.with_paths(table).to_pydict().items()}
+        return {k: torch.from_numpy(v) for k, v in decode_batch(rows, size=size).items() if k != "bad"}
+
+    train, test = arrays(split["train"]), arrays(split["test"])
+    n = len(train["fg_bg"])
+    runs = {name: [] for name in variants(False)}
+    for seed in range(args.check_seeds):
+        order = torch.Generator().manual_seed(seed)
+        batches = [torch.randperm(n, generator=order) for _ in range(args.check_epochs)]
+        torch.manual_seed(seed)
+        initial = UNet(width=args.width)
+        for name, make in variants(False).items():
+            model = copy.deepcopy(initial)
+            step, prepare = make(model)
+            model.train()
+            for perm in batches:
+                for i in range(0, n - batch + 1, batch):
+                    step(prepare({k: v[perm[i : i + batch]] for k, v in train.items()}))
+            model.eval()
+            metrics = SetMetrics()
+            with torch.no_grad():
+                for i in range(0, len(test["fg_bg"]), 64):
+                    b = prepare({k: v[i : i + 64] for k, v in test.items()})
+                    metrics.update(*model(b["fg_bg"], b["bg"]), b["mask"], b["depth"])
+            result = SetMetrics.compute(metrics.sums)
+            runs[name].append({"seed": seed, "iou": round(result["iou"], 4), "ssim": round(result["ssim"], 4)})
+            print(f"  seed {seed} {name}: IoU {result['iou']:.4f} SSIM {result['ssim']:.4f}", flush=True)
+    plain = runs["plain eager NCHW fp32"]
+    summary = {}
+    for name, r in runs.items():
+        d_iou = [x["iou"] - p["iou"] for x, p in zip(r, plain)]
+        d_ssim = [x["ssim"] - p["ssim"] for x, p in zip(r, plain)]
+        summary[name] = {"runs": r, "mean_iou": round(statistics.mean(x["iou"] for x in r), 4),
+                         "iou_vs_plain": round(statistics.mean(d_iou), 4), "max_abs_iou_vs_plain": round(max(map(abs, d_iou)), 4),
+                         "ssim_vs_plain": round(statistics.mean(d_ssim), 4)}
+    print(f"\n{'step':<26} {'mean IoU':>9} {'IoU − plain':>12} {'max |Δ|':>8} {'SSIM − plain':>13}")
+    for name, x in summary.items():
+        print(f"{name:<26} {x['mean_iou']:>9} {x['iou_vs_plain']:>+12.4f} {x['max_abs_iou_vs_plain']:>8} {x['ssim_vs_plain']:>+13.4f}")
+    return {"size": size, "batch": batch, "epochs": args.check_epochs, "seeds": args.check_seeds, "train_samples": n,
+            "test_samples": len(test["fg_bg"]), "results": summary}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time fgbg's step under torch.compile (a minute or more to compile)")
+    ap.add_argument("--check", action="store_true", help="also train the plain and the fgbg step on the same data and compare IoU")
+    ap.add_argument("--check-size", type=int, default=64)
+    ap.add_argument("--check-epochs", type=int, default=4)
+    ap.add_argument("--check-seeds", type=int, default=5)
+    ap.add_argument("--check-only", action="store_true", help="the numerics check alone")
+    args = ap.parse_args()
+    if args.check_only:
+        print("numerics: the same short run with each step")
+        OUT.mkdir(exist_ok=True)
+        (OUT / "train_step_check.json").write_text(json.dumps(numerics(args), indent=2))
+        return
+
+    macs = count_macs(UNet(width=args.width), args.size)
+    sgemm = sgemm_flops()
+    print(f"{torch.get_num_threads()} threads; sgemm {sgemm / 1e9:.1f} GFLOP/s; {macs / 1e6:.1f}M MACs per sample at {args.size}×{args.size}")
+    results = speed(args)
+    plain = results["plain eager NCHW fp32"]["median_samples_per_s"]
+    print(f"\n{'step':<26} {'samples/s':>10} {'× plain':>8} {'GFLOP/s':>8} {'% sgemm':>8}   runs")
+    for name, r in results.items():
+        flops = r["median_samples_per_s"] * macs * 6
+        r.update(vs_plain=round(r["median_samples_per_s"] / plain, 2), gflops=round(flops / 1e9, 1), of_sgemm=round(flops / sgemm, 3))
+        print(f"{name:<26} {r['median_samples_per_s']:>10} {r['vs_plain']:>8} {r['gflops']:>8} {100 * r['of_sgemm']:>7.1f}%   {r['runs']}")
+    summary = {
+        "size": args.size, "batch": args.batch, "width": args.width, "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "macs_per_sample": macs, "sgemm_gflops": round(sgemm / 1e9, 1),
+        "speed": results,
+    }
+    if args.check:
+        print("\nnumerics: the same short run with each step")
+        summary["numerics"] = numerics(args)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "train_step.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
