@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_step.py --check
 	$(BIN)/python bench/ray_overhead.py
+	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/transfer.py
 
 clean:
