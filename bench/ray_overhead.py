@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -26,7 +25,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from fgbg.config import Config  # noqa: E402
 from fgbg.layout import load_manifest  # noqa: E402
 from fgbg.losses import MaskDepthLoss  # noqa: E402
-from fgbg.reader import decode_batch  # noqa: E402
+from fgbg.reader import decode_table  # noqa: E402
 from fgbg.report import read_history  # noqa: E402
 from fgbg.step import TrainStep, to_device  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
@@ -39,10 +38,11 @@ CPU = torch.device("cpu")
 def plain_loop(cfg: Config, data: Path) -> list[float]:
     """samples/s of each epoch of the training step over the decoded training set."""
     m = load_manifest(data)
-    rows = {k: np.array(v, dtype=object) for k, v in m.with_paths(m.split()["train"]).to_pydict().items()}
-    train = {k: torch.from_numpy(v) for k, v in decode_batch(rows, size=cfg.size).items() if k != "bad"}
+    train = {k: torch.from_numpy(v) for k, v in decode_table(m.with_paths(m.split()["train"]), cfg.size).items() if k != "bad"}
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
+    model = build_model(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), MaskDepthLoss(), CPU, amp=cfg.amp)
     n, rates = len(train["fg_bg"]), []
     for _ in range(cfg.epochs):

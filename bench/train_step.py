@@ -18,7 +18,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fgbg.config import Config
@@ -108,7 +107,7 @@ def numerics(args) -> dict:
     only in the order of float32 operations: how far two runs drift with no change of precision.
     """
     from fgbg.layout import load_manifest
-    from fgbg.reader import decode_batch
+    from fgbg.reader import decode_table
     from fgbg.synth import SynthSpec, write_dataset
 
     size, batch = args.check_size, 16
@@ -119,8 +118,7 @@ def numerics(args) -> dict:
     split = m.split()
 
     def arrays(table):
-        rows = {k: np.array(v, dtype=object) for k, v in m.with_paths(table).to_pydict().items()}
-        return {k: torch.from_numpy(v) for k, v in decode_batch(rows, size=size).items() if k != "bad"}
+        return {k: torch.from_numpy(v) for k, v in decode_table(m.with_paths(table), size).items() if k != "bad"}
 
     train, test = arrays(split["train"]), arrays(split["test"])
     n = len(train["fg_bg"])

@@ -149,11 +149,9 @@ def write_naive_set(root: Path, batches: int, per_batch: int, size: int, seed: i
 def difference_baseline(root: Path, size: int, threshold: float = 0.1) -> float:
     """Mean per-image IoU of |fg_bg − bg| > threshold: what no learning gives."""
     from fgbg.layout import load_manifest
-    from fgbg.reader import decode_batch
+    from fgbg.reader import decode_table
 
-    table = load_manifest(root).with_paths()
-    rows = {k: np.array(table.column(k).to_pylist(), dtype=object) for k in table.column_names}
-    out = decode_batch(rows, size=size)
+    out = decode_table(load_manifest(root).with_paths(), size)
     pred = np.abs(out["fg_bg"] - out["bg"]).mean(1) > threshold
     true = out["mask"][:, 0] > 0.5
     inter, union = (pred & true).sum((1, 2)), (pred | true).sum((1, 2))

@@ -155,3 +155,9 @@ def decode_batch(
         for key, value in arrays.items():
             out[key][i] = value
     return out
+
+
+def decode_table(table, size: int = 160) -> dict[str, np.ndarray]:
+    """Every row of a manifest table (sources absolute: Manifest.with_paths) decoded in this process."""
+    rows = {k: np.array(v, dtype=object) for k, v in table.to_pydict().items()}
+    return decode_batch(rows, size=size)
