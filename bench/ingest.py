@@ -1,6 +1,7 @@
 """Ingest throughput: the Ray Data pipeline against a plain decode loop and torch's DataLoader.
 
-Same files, same decode (fgbg.reader), one pass over the set per repeat; medians of --repeats.
+Same files, same decode (fgbg.reader), one pass over the set per repeat; medians of --repeats,
+the pipelines taking turns.
     python bench/ingest.py [--samples 4000] [--size 160] [--repeats 5]
 Prints a table and writes bench/out/ingest.json.
 """
@@ -20,7 +21,7 @@ import numpy as np
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from fgbg.layout import load_manifest  # noqa: E402
-from fgbg.reader import decode_batch, load_sample, to_arrays  # noqa: E402
+from fgbg.reader import decode_batch, load_sample  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
@@ -35,6 +36,16 @@ def plain_loop(table, size: int) -> int:
     return n
 
 
+def parallel_loops(table, size: int, processes: int) -> int:
+    """The plain loop in `processes` processes at once, each on its share, nothing sent back but a count:
+    what the cores give to decoding when nothing else runs."""
+    import multiprocessing
+
+    share = -(-table.num_rows // processes)
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        return sum(pool.starmap(plain_loop, [(table.slice(i, share), size) for i in range(0, table.num_rows, share)]))
+
+
 class _TorchSet:
     """The manifest as a map-style torch dataset (what a user would write by hand)."""
 
@@ -45,7 +56,7 @@ class _TorchSet:
         return len(self.rows)
 
     def __getitem__(self, i):
-        return to_arrays(load_sample(self.rows[i], self.size, self.size // 2))
+        return load_sample(self.rows[i], self.size, self.size // 2)
 
 
 def dataloader(table, size: int, workers: int) -> int:
@@ -58,17 +69,20 @@ def dataloader(table, size: int, workers: int) -> int:
 def ray_data(table, size: int) -> int:
     from fgbg.ingest import IngestConfig, build_dataset
 
-    ds = build_dataset(table, IngestConfig(size=size), train=False)
+    ds = build_dataset(table, IngestConfig(size=size))
     return sum(len(b["fg_bg"]) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float]]:
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t))
-    return statistics.median(rates), rates
+def timed(pipelines: dict, repeats: int) -> dict:
+    """Medians of samples/s, the pipelines interleaved (a slow spell of the machine hits each alike), after a warm-up round."""
+    rates = {name: [] for name in pipelines}
+    for r in range(repeats + 1):
+        for name, fn in pipelines.items():
+            t = time.perf_counter()
+            n = fn()
+            if r:  # round 0 starts worker processes and fills caches
+                rates[name].append(n / (time.perf_counter() - t))
+    return {name: {"median_samples_per_s": round(statistics.median(x), 1), "runs": [round(v, 1) for v in x]} for name, x in rates.items()}
 
 
 def main() -> None:
@@ -89,21 +103,18 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray_data(table.slice(0, 256), args.size)  # warm the workers up
-
-    results = {}
-    for name, fn in [
-        ("plain loop, 1 process", lambda: plain_loop(table, args.size)),
-        ("torch DataLoader, 2 workers", lambda: dataloader(table, args.size, 2)),
-        ("Ray Data (fgbg.ingest)", lambda: ray_data(table, args.size)),
-    ]:
-        median, rates = timed(fn, args.repeats)
-        results[name] = {"median_samples_per_s": round(median, 1), "runs": [round(r, 1) for r in rates]}
+    results = timed({
+        "plain loop, 1 process": lambda: plain_loop(table, args.size),
+        f"plain loops, {cores} processes": lambda: parallel_loops(table, args.size, cores),
+        "torch DataLoader, 2 workers": lambda: dataloader(table, args.size, 2),
+        "Ray Data (fgbg.ingest)": lambda: ray_data(table, args.size),
+    }, args.repeats)
     ray.shutdown()
 
     limit = results["plain loop, 1 process"]["median_samples_per_s"] * cores
     ray_rate = results["Ray Data (fgbg.ingest)"]["median_samples_per_s"]
     dl_rate = results["torch DataLoader, 2 workers"]["median_samples_per_s"]
+    parallel = results[f"plain loops, {cores} processes"]["median_samples_per_s"]
     summary = {
         "samples": args.samples,
         "size": args.size,
@@ -112,13 +123,15 @@ def main() -> None:
         "results": results,
         "decode_limit_samples_per_s": round(limit, 1),
         "ray_vs_decode_limit": round(ray_rate / limit, 3),
+        "ray_vs_parallel_loops": round(ray_rate / parallel, 3),
         "ray_vs_dataloader": round(ray_rate / dl_rate, 3),
     }
     print(f"{'pipeline':<30} {'median samples/s':>17}   runs")
     for name, r in results.items():
         print(f"{name:<30} {r['median_samples_per_s']:>17}   {r['runs']}")
     print(f"decode limit (plain × {cores} cores): {limit:.1f} samples/s")
-    print(f"Ray Data / decode limit: {summary['ray_vs_decode_limit']}   Ray Data / DataLoader: {summary['ray_vs_dataloader']}")
+    print(f"Ray Data / decode limit: {summary['ray_vs_decode_limit']}   Ray Data / {cores} plain processes: "
+          f"{summary['ray_vs_parallel_loops']}   Ray Data / DataLoader: {summary['ray_vs_dataloader']}")
     OUT.mkdir(exist_ok=True)
     (OUT / "ingest.json").write_text(json.dumps(summary, indent=2))
 

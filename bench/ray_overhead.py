@@ -1,8 +1,8 @@
 """Ray overhead: fgbg's Ray Train run with one worker against a plain loop of the same training step.
 
-Same synthetic set, model, batch size, step (fgbg.step.TrainStep) and torch threads. The plain loop
-trains on arrays decoded beforehand, so it pays for nothing but the step; the Ray run decodes and
-augments with Ray Data while it trains, as `fgbg train` does. Each epoch is one repeat: medians
+Same synthetic set, model, batch size, step (fgbg.step.TrainStep), augmentation (fgbg.batch) and
+torch threads. The plain loop trains on arrays decoded beforehand, so it pays for nothing but the
+step; the Ray run decodes with Ray Data while it trains, as `fgbg train` does. Each epoch is one repeat: medians
 over the epochs after the first (which warms up both).
     python bench/ray_overhead.py [--size 64] [--samples 960] [--epochs 6] [--threads 2]
 Prints a table and writes bench/out/ray_overhead.json.
@@ -27,7 +27,8 @@ from fgbg.layout import load_manifest  # noqa: E402
 from fgbg.losses import MaskDepthLoss  # noqa: E402
 from fgbg.reader import decode_table  # noqa: E402
 from fgbg.report import read_history  # noqa: E402
-from fgbg.step import TrainStep, to_device  # noqa: E402
+from fgbg.batch import prepare_batch  # noqa: E402
+from fgbg.step import TrainStep  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 from fgbg.train import build_model  # noqa: E402
 
@@ -45,10 +46,11 @@ def plain_loop(cfg: Config, data: Path) -> list[float]:
         model = model.to(memory_format=torch.channels_last)
     step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), MaskDepthLoss(), CPU, amp=cfg.amp)
     n, rates = len(train["fg_bg"]), []
+    augment = torch.Generator().manual_seed(cfg.seed)  # augmented as fgbg train augments
     for _ in range(cfg.epochs):
         t = time.perf_counter()
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            step(to_device({k: v[i : i + cfg.batch_size] for k, v in train.items()}, CPU, cfg.channels_last))
+            step(prepare_batch({k: v[i : i + cfg.batch_size] for k, v in train.items()}, CPU, cfg.channels_last, augment))
         rates.append((n // cfg.batch_size) * cfg.batch_size / (time.perf_counter() - t))
     return rates
 

@@ -25,7 +25,8 @@ from fgbg.losses import MaskDepthLoss
 from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import count_macs, random_batch
-from fgbg.step import TrainStep, to_device
+from fgbg.batch import prepare_batch
+from fgbg.step import TrainStep
 
 OUT = Path(__file__).parent / "out"
 CPU = torch.device("cpu")
@@ -55,7 +56,7 @@ def plain_step(model: torch.nn.Module):
         optimizer.step()
         return parts
 
-    return step, (lambda batch: batch)
+    return step, (lambda batch: prepare_batch(batch, CPU, channels_last=False))
 
 
 def fgbg_step(model: torch.nn.Module, channels_last: bool, amp: bool, compile: bool = False):
@@ -64,7 +65,7 @@ def fgbg_step(model: torch.nn.Module, channels_last: bool, amp: bool, compile: b
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
     step = TrainStep(forward, torch.optim.Adam(model.parameters()), MaskDepthLoss(), CPU, amp=amp)
-    return step, (lambda batch: to_device(batch, CPU, channels_last))
+    return step, (lambda batch: prepare_batch(batch, CPU, channels_last))
 
 
 def variants(include_compile: bool) -> dict:

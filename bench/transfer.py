@@ -152,8 +152,8 @@ def difference_baseline(root: Path, size: int, threshold: float = 0.1) -> float:
     from fgbg.reader import decode_table
 
     out = decode_table(load_manifest(root).with_paths(), size)
-    pred = np.abs(out["fg_bg"] - out["bg"]).mean(1) > threshold
-    true = out["mask"][:, 0] > 0.5
+    pred = np.abs(out["fg_bg"].astype(np.float32) - out["bg"]).mean(-1) / 255 > threshold
+    true = out["mask"][..., 0] >= 128
     inter, union = (pred & true).sum((1, 2)), (pred | true).sum((1, 2))
     return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
 

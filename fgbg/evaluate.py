@@ -62,7 +62,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
         raise FgbgError(f"{data}: no samples in the {split} split")
     connect(address)
     quiet_ray_data()
-    ds = build_dataset(manifest.with_paths(table), IngestConfig(size=cfg.size, on_bad=on_bad), train=False)
+    ds = build_dataset(manifest.with_paths(table), IngestConfig(size=cfg.size, on_bad=on_bad))
     grid = {}
 
     def keep_grid(batch, mask_logits, depth):

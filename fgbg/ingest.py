@@ -1,9 +1,10 @@
 """Ray Data ingest: manifest rows → a Ray Dataset decoded in parallel into fixed-shape arrays.
 
 The manifest (four member paths per sample) is small, so it is what gets shuffled; the images are
-read and decoded by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping its zips
-open and its decoded backgrounds. The result feeds `TorchTrainer(datasets=...)`; in the training
-loop, `drop_bad` removes samples skipped under `on_bad="skip"` and counts them.
+read and decoded to uint8 by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping
+its zips open and its decoded backgrounds. The result feeds `TorchTrainer(datasets=...)`; in the
+training loop, `drop_bad` removes samples skipped under `on_bad="skip"` and counts them, and
+fgbg.batch makes float tensors of the rest (augmented for training) on the training device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .reader import PAD, decode_batch
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """How samples are decoded: sizes, augmentation, what to do with bad files, block size."""
+    """How samples are decoded: sizes, what to do with bad files, block size."""
 
     size: int = 160
     depth_size: int | None = None  # default: size // 2, the model's depth output
@@ -27,29 +28,32 @@ class IngestConfig:
     rows_per_block: int = 256  # manifest rows per Ray Data block: the unit of parallel decoding (256 measured best, docs/benchmarks.md)
 
 
-def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), train: bool = False, shuffle: bool | None = None) -> ray.data.Dataset:
-    """A Ray Dataset of decoded samples from manifest rows whose `source` is absolute (Manifest.with_paths).
+def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False) -> ray.data.Dataset:
+    """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths).
 
-    Training sets are shuffled (the manifest, anew each time the dataset is iterated) and augmented.
+    With `shuffle`, the manifest is shuffled anew each time the dataset is iterated (training).
     """
-    shuffle = train if shuffle is None else shuffle
     n = max(1, config.rows_per_block)
     blocks = [table.slice(i, n) for i in range(0, table.num_rows, n)] or [table]
     ds = ray.data.from_arrow(blocks)
+    # Ray Data reserves a share of the CPUs per operator; where a decode task is a large part of the
+    # cluster (2 cores: half) that left one task running at a time. Decoding is the only operator
+    # that does work, so it gets every CPU it is given (docs/benchmarks.md, "Ingest": 1.6x).
+    ds.context.op_resource_reservation_enabled = False
     if shuffle:
         ds = ds.random_shuffle()
     return ds.map_batches(
         decode_batch,
         batch_size=n,
         batch_format="numpy",
-        fn_kwargs={"size": config.size, "depth_size": config.depth_size, "train": train, "on_bad": config.on_bad},
+        fn_kwargs={"size": config.size, "depth_size": config.depth_size, "on_bad": config.on_bad},
     )
 
 
 def split_datasets(manifest: Manifest, config: IngestConfig = IngestConfig(), test_batches=None) -> dict[str, ray.data.Dataset]:
-    """{"train": augmented and shuffled, "test": plain} Ray Datasets; the last batch is the test set by default."""
+    """{"train": shuffled, "test": in order} Ray Datasets; the last batch is the test set by default."""
     return {
-        name: build_dataset(manifest.with_paths(table), config, train=(name == "train"))
+        name: build_dataset(manifest.with_paths(table), config, shuffle=(name == "train"))
         for name, table in manifest.split(test_batches).items()
         if table.num_rows
     }

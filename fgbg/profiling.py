@@ -15,7 +15,8 @@ import torch
 
 from .losses import MaskDepthLoss
 from .model import UNet
-from .step import TrainStep, to_device
+from .batch import prepare_batch
+from .step import TrainStep
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -28,14 +29,13 @@ def count_macs(model: torch.nn.Module, size: int) -> int:
 
 
 def random_batch(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A training batch of random images, masks and depths (NCHW float32, depth at half size)."""
+    """A batch of random images, masks and depths as fgbg.reader decodes them (uint8 N×H×W×C, depth at half size)."""
     g = torch.Generator().manual_seed(seed)
-    return {
-        "fg_bg": torch.rand(n, 3, size, size, generator=g),
-        "bg": torch.rand(n, 3, size, size, generator=g),
-        "mask": (torch.rand(n, 1, size, size, generator=g) > 0.5).float(),
-        "depth": torch.rand(n, 1, size // 2, size // 2, generator=g),
-    }
+
+    def image(side: int, channels: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, side, side, channels), dtype=torch.uint8, generator=g)
+
+    return {"fg_bg": image(size, 3), "bg": image(size, 3), "mask": image(size, 1), "depth": image(size // 2, 1)}
 
 
 def _rate(fn, batch: int, repeats: int) -> float:
@@ -56,7 +56,7 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cpu = torch.device("cpu")
-    batch_ = to_device(random_batch(batch, size), cpu, channels_last)
+    batch_ = prepare_batch(random_batch(batch, size), cpu, channels_last)
     step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), cpu, amp=amp)
 
     def infer():

@@ -1,8 +1,10 @@
-"""Plain single-process reading of samples: bytes from zips or folders, JPEG decode, augmentation.
+"""Plain single-process reading of samples: bytes from zips or folders, JPEG decode, resize.
 
 Ray Data runs `decode_batch` in parallel (fgbg.ingest); tests and benchmarks call it directly.
-Arrays come out fixed-shape: fg_bg and bg 3×H×W float32 in [0, 1], mask 1×H×W in {0, 1},
-depth 1×h×w in [0, 1] (h = H // 2, the model's depth output).
+Arrays come out fixed-shape uint8, channels last as JPEG decodes them: fg_bg and bg N×H×W×3,
+mask N×H×W×1, depth N×h×w×1 (h = H // 2, the model's depth output). Conversion to float,
+the mask threshold and augmentation happen on the training device (fgbg.batch): a quarter of the
+bytes cross processes, and a GPU does that arithmetic instead of the decoding CPUs.
 """
 
 from __future__ import annotations
@@ -82,46 +84,13 @@ def load_sample(row: dict, size: int, depth_size: int) -> dict[str, np.ndarray]:
     }
 
 
-def to_arrays(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """uint8 images to the model's float layout: channels first, [0, 1], mask thresholded at 128."""
-    return {
-        "fg_bg": sample["fg_bg"].transpose(2, 0, 1).astype(np.float32) / 255.0,
-        "bg": sample["bg"].transpose(2, 0, 1).astype(np.float32) / 255.0,
-        "mask": (sample["mask"] >= 128).astype(np.float32)[None],
-        "depth": sample["depth"].astype(np.float32)[None] / 255.0,
-    }
-
-
-def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Training augmentation: a joint horizontal flip of inputs and targets; jitter on inputs only.
-
-    The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
-    contrast and saturation are jittered together, then each gets a little exposure change and noise.
-    """
-    out = dict(arrays)
-    if rng.random() < 0.5:
-        out = {k: np.ascontiguousarray(v[..., ::-1]) for k, v in out.items()}
-    brightness, contrast, saturation = (float(x) for x in rng.uniform(0.75, 1.25, size=3))
-    for key in ("fg_bg", "bg"):
-        img = out[key] * (brightness * float(rng.uniform(0.95, 1.05)))
-        mean = img.mean()
-        img = (img - mean) * contrast + mean
-        gray = img.mean(axis=0, keepdims=True)
-        img = (img - gray) * saturation + gray
-        img = img + rng.normal(0.0, rng.uniform(0.0, 0.03), size=img.shape).astype(np.float32)
-        out[key] = np.clip(img, 0.0, 1.0, dtype=np.float32)
-    return out
-
-
 def decode_batch(
     batch: dict[str, np.ndarray],
     size: int = 160,
     depth_size: int | None = None,
-    train: bool = False,
     on_bad: str = "error",
-    seed: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """A batch of manifest rows to stacked arrays, plus `bad`: 1 where a sample was skipped, 2 for padding.
+    """A batch of manifest rows to stacked uint8 arrays, plus `bad`: 1 where a sample was skipped, 2 for padding.
 
     on_bad="error" raises BadSample naming the zip and member; "skip" zero-fills the sample and
     marks it bad, so that the consumer drops it and counts it (fgbg.ingest.drop_bad).
@@ -131,29 +100,26 @@ def decode_batch(
     depth_size = depth_size or size // 2
     n = len(batch["fg_bg"])
     out = {
-        "fg_bg": np.zeros((n, 3, size, size), np.float32),
-        "bg": np.zeros((n, 3, size, size), np.float32),
-        "mask": np.zeros((n, 1, size, size), np.float32),
-        "depth": np.zeros((n, 1, depth_size, depth_size), np.float32),
+        "fg_bg": np.zeros((n, size, size, 3), np.uint8),
+        "bg": np.zeros((n, size, size, 3), np.uint8),
+        "mask": np.zeros((n, size, size, 1), np.uint8),
+        "depth": np.zeros((n, depth_size, depth_size, 1), np.uint8),
         "bad": np.zeros(n, np.uint8),
     }
-    rng = np.random.default_rng(seed)
     for i in range(n):
         row = {k: str(batch[k][i]) for k in ("source", "fg_bg", "bg", "mask", "depth")}
         if "sample" in batch and batch["sample"][i] == PAD:
             out["bad"][i] = 2  # padding that evens out shards: dropped, not counted as bad
             continue
         try:
-            arrays = to_arrays(load_sample(row, size, depth_size))
+            sample = load_sample(row, size, depth_size)
         except BadSample:
             if on_bad == "error":
                 raise
             out["bad"][i] = 1
             continue
-        if train:
-            arrays = augment(arrays, rng)
-        for key, value in arrays.items():
-            out[key][i] = value
+        for key, value in sample.items():
+            out[key][i] = value.reshape(out[key].shape[1:])
     return out
 
 

@@ -31,12 +31,6 @@ def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
     return None
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    """A batch of tensors on the device (non-blocking from pinned memory), images in the model's memory format."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {k: v.to(device, non_blocking=True).contiguous(memory_format=fmt) if v.dim() == 4 else v.to(device) for k, v in batch.items()}
-
-
 class TrainStep:
     """Forward, loss, backward and optimiser step on one batch that is already on the device."""
 

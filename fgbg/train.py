@@ -29,7 +29,8 @@ from .metrics import SetMetrics
 from .model import UNet
 from .profiling import RunProfiler
 from .report import append_history, write_report
-from .step import TrainStep, to_device
+from .batch import prepare_batch
+from .step import TrainStep
 
 
 def build_model(cfg: Config) -> UNet:
@@ -47,7 +48,7 @@ def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss
             batch, _ = drop_bad(batch)
             if len(batch["fg_bg"]) == 0:
                 continue
-            batch = to_device(batch, device, channels_last)
+            batch = prepare_batch(batch, device, channels_last)
             mask_logits, depth = model(batch["fg_bg"], batch["bg"])
             loss = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])[1]["loss"] if loss_fn else None
             metrics.update(mask_logits, depth, batch["mask"], batch["depth"], loss)
@@ -112,6 +113,8 @@ def train_func_per_worker(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
     per_worker = max(1, cfg.batch_size // world)
+    # training augmentation's random numbers, on the device; a resumed run does not replay the first epochs' draws
+    augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + rank * 1009 + start_epoch)
     steps_per_epoch = max(1, loop_config["train_samples"] // (per_worker * world))
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -130,7 +133,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             if len(batch["fg_bg"]) == 0:
                 t_wait = time.perf_counter()
                 continue
-            parts = train_step(to_device(batch, device, cfg.channels_last))
+            parts = train_step(prepare_batch(batch, device, cfg.channels_last, augment_rng))
             profiler.step()
             t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
             t_compute += t_wait - t0
@@ -350,8 +353,8 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
 
     ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
     datasets = {
-        "train": build_dataset(tables["train"], ingest, train=True),
-        "test": build_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, train=False),
+        "train": build_dataset(tables["train"], ingest, shuffle=True),
+        "test": build_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest),
     }
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
     return TorchTrainer(

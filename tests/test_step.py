@@ -8,7 +8,8 @@ import torch
 from fgbg.losses import MaskDepthLoss
 from fgbg.model import UNet
 from fgbg.profiling import random_batch
-from fgbg.step import TrainStep, amp_dtype, cpu_has_bf16, to_device
+from fgbg.batch import prepare_batch
+from fgbg.step import TrainStep, amp_dtype, cpu_has_bf16
 
 CPU = torch.device("cpu")
 
@@ -27,7 +28,7 @@ def test_a_step_keeps_float32_weights_and_gives_outputs_of_the_chosen_precision_
         model = model.to(memory_format=torch.channels_last)
     before = copy.deepcopy(model.state_dict())
     step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), CPU, amp=amp)
-    batch = to_device(random_batch(4, 32), CPU, channels_last)
+    batch = prepare_batch(random_batch(4, 32), CPU, channels_last)
     assert batch["fg_bg"].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     parts = step(batch)
@@ -54,7 +55,7 @@ def test_the_fast_step_follows_the_plain_float32_step():
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=1e-3), MaskDepthLoss(), CPU, amp=amp)
-        batch = to_device(random_batch(8, 32), CPU, channels_last)
+        batch = prepare_batch(random_batch(8, 32), CPU, channels_last)
         losses[name] = torch.tensor([step(batch)["loss"] for _ in range(10)])
     assert losses["plain"][-1] < losses["plain"][0]  # it learns: a comparison of two stuck runs would say nothing
     assert torch.allclose(losses["fgbg"], losses["plain"], rtol=0.03), losses

@@ -1,0 +1,53 @@
+"""Decoded batches (uint8, channels last, from fgbg.reader) to the model's tensors on the training device.
+
+Float conversion, the mask threshold and training augmentation run here, batched, on the device
+that trains: on a GPU they cost next to nothing, and the decoding CPUs only decode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IMAGES = ("fg_bg", "bg")
+
+
+def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None) -> dict:
+    """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
+
+    With a generator (on `device`), the batch is augmented for training (`augment`).
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for key in (*IMAGES, "mask", "depth"):
+        x = batch[key].to(device, non_blocking=True).permute(0, 3, 1, 2)  # N×H×W×C → a channels_last N×C×H×W view
+        out[key] = (x >= 128).float() if key == "mask" else x.float().div_(255.0)
+    if generator is not None:
+        out = augment(out, generator)
+    return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.empty(n, 1, 1, 1, device=device).uniform_(low, high, generator=g)
+
+
+def augment(batch: dict, g: torch.Generator) -> dict:
+    """Training augmentation per sample: a joint horizontal flip of inputs and targets; jitter on inputs only.
+
+    The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
+    contrast and saturation are jittered together, then each gets a little exposure change of its
+    own and sensor noise.
+    """
+    x = batch["fg_bg"]
+    n, device = len(x), x.device
+    flip = torch.rand(n, 1, 1, 1, generator=g, device=device) < 0.5
+    out = {k: torch.where(flip, v.flip(-1), v) for k, v in batch.items()}
+    brightness, contrast, saturation = (_uniform(n, 0.75, 1.25, g, device) for _ in range(3))
+    for key in IMAGES:
+        img = out[key] * (brightness * _uniform(n, 0.95, 1.05, g, device))
+        mean = img.mean(dim=(1, 2, 3), keepdim=True)
+        img = (img - mean) * contrast + mean
+        gray = img.mean(dim=1, keepdim=True)
+        img = (img - gray) * saturation + gray
+        img = img + torch.randn(img.shape, generator=g, device=device) * _uniform(n, 0.0, 0.03, g, device)
+        out[key] = img.clamp_(0.0, 1.0)
+    return out
