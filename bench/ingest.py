@@ -1,7 +1,7 @@
 """Ingest throughput: the Ray Data pipeline against a plain decode loop and torch's DataLoader.
 
 Same files, same decode (fgbg.reader), one pass over the set per repeat; medians of --repeats,
-the pipelines taking turns.
+the pipelines taking turns. Also the same pass read from the decoded-sample cache (fgbg.cache).
     python bench/ingest.py [--samples 4000] [--size 160] [--repeats 5]
 Prints a table and writes bench/out/ingest.json.
 """
@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,10 +68,20 @@ def dataloader(table, size: int, workers: int) -> int:
     return sum(len(b["fg_bg"]) for b in loader)
 
 
-def ray_data(table, size: int) -> int:
+def ray_data(table, size: int, reserve: bool = False) -> int:
     from fgbg.ingest import IngestConfig, build_dataset
 
     ds = build_dataset(table, IngestConfig(size=size))
+    ds.context.op_resource_reservation_enabled = reserve  # fgbg turns Ray's per-operator reservation off
+    return sum(len(b["fg_bg"]) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
+
+
+def ray_cache(table, size: int, root: Path) -> int:
+    """The same pass read from fgbg's decoded-sample cache (written before the first repeat)."""
+    from fgbg.cache import cached_dataset
+    from fgbg.ingest import IngestConfig
+
+    ds = cached_dataset(table, IngestConfig(size=size), str(root), say=lambda _: None)
     return sum(len(b["fg_bg"]) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
 
 
@@ -103,12 +115,20 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    cache = Path(tempfile.mkdtemp(prefix="fgbg-bench-cache-"))
+    ray_data(table, args.size)  # starts the worker processes, which the cache's write then finds running
+    t = time.perf_counter()
+    ray_cache(table, args.size, cache)  # decodes into the cache once
+    cache_write = table.num_rows / (time.perf_counter() - t)
     results = timed({
         "plain loop, 1 process": lambda: plain_loop(table, args.size),
         f"plain loops, {cores} processes": lambda: parallel_loops(table, args.size, cores),
         "torch DataLoader, 2 workers": lambda: dataloader(table, args.size, 2),
         "Ray Data (fgbg.ingest)": lambda: ray_data(table, args.size),
+        "Ray Data, Ray's CPU reservation on": lambda: ray_data(table, args.size, reserve=True),
+        "Ray Data from the cache (--cache)": lambda: ray_cache(table, args.size, cache),
     }, args.repeats)
+    shutil.rmtree(cache)
     ray.shutdown()
 
     limit = results["plain loop, 1 process"]["median_samples_per_s"] * cores
@@ -125,13 +145,16 @@ def main() -> None:
         "ray_vs_decode_limit": round(ray_rate / limit, 3),
         "ray_vs_parallel_loops": round(ray_rate / parallel, 3),
         "ray_vs_dataloader": round(ray_rate / dl_rate, 3),
+        "cache_write_samples_per_s": round(cache_write, 1),
+        "cache_vs_decoding": round(results["Ray Data from the cache (--cache)"]["median_samples_per_s"] / ray_rate, 3),
     }
-    print(f"{'pipeline':<30} {'median samples/s':>17}   runs")
+    print(f"{'pipeline':<36} {'median samples/s':>17}   runs")
     for name, r in results.items():
-        print(f"{name:<30} {r['median_samples_per_s']:>17}   {r['runs']}")
+        print(f"{name:<36} {r['median_samples_per_s']:>17}   {r['runs']}")
     print(f"decode limit (plain × {cores} cores): {limit:.1f} samples/s")
     print(f"Ray Data / decode limit: {summary['ray_vs_decode_limit']}   Ray Data / {cores} plain processes: "
           f"{summary['ray_vs_parallel_loops']}   Ray Data / DataLoader: {summary['ray_vs_dataloader']}")
+    print(f"cache: written at {cache_write:.0f} samples/s (one decoding pass), read at {summary['cache_vs_decoding']}× decoding")
     OUT.mkdir(exist_ok=True)
     (OUT / "ingest.json").write_text(json.dumps(summary, indent=2))
 

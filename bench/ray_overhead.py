@@ -2,7 +2,8 @@
 
 Same synthetic set, model, batch size, step (fgbg.step.TrainStep), augmentation (fgbg.batch) and
 torch threads. The plain loop trains on arrays decoded beforehand, so it pays for nothing but the
-step; the Ray run decodes with Ray Data while it trains, as `fgbg train` does. Each epoch is one repeat: medians
+step; the Ray run decodes with Ray Data while it trains, as `fgbg train` does, or with --cache
+reads the samples it decoded once before its first epoch. Each epoch is one repeat: medians
 over the epochs after the first (which warms up both).
     python bench/ray_overhead.py [--size 64] [--samples 960] [--epochs 6] [--threads 2]
 Prints a table and writes bench/out/ray_overhead.json.
@@ -11,6 +12,7 @@ Prints a table and writes bench/out/ray_overhead.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -80,7 +82,11 @@ def main() -> None:
     cfg = Config(data=str(data), size=args.size, width=args.width, batch_size=args.batch, epochs=args.epochs, workers=1,
                  cpus_per_worker=args.threads, test_samples=64, log_every=10**6, out=str(runs), name="ray")
     torch.set_num_threads(args.threads)
-    results = {"plain loop": plain_loop(cfg, data), "Ray Train, 1 worker (fgbg train)": ray_train(cfg)}
+    results = {
+        "plain loop": plain_loop(cfg, data),
+        "Ray Train, 1 worker (fgbg train)": ray_train(cfg),
+        "Ray Train, 1 worker, --cache": ray_train(dataclasses.replace(cfg, name="ray-cache", cache=str(runs / "cache"))),
+    }
 
     print(f"{'loop':<34} {'median samples/s':>17}   epochs")
     summary = {"size": args.size, "width": args.width, "batch": args.batch, "samples": args.samples, "threads": args.threads, "results": {}}
@@ -90,7 +96,8 @@ def main() -> None:
         print(f"{name:<34} {median:>17.2f}   {[round(r, 1) for r in rates]}")
     rate = {name: r["median_samples_per_s"] for name, r in summary["results"].items()}
     summary["ray_vs_plain"] = round(rate["Ray Train, 1 worker (fgbg train)"] / rate["plain loop"], 3)
-    print(f"Ray Train / plain loop: {summary['ray_vs_plain']}")
+    summary["ray_cache_vs_plain"] = round(rate["Ray Train, 1 worker, --cache"] / rate["plain loop"], 3)
+    print(f"Ray Train / plain loop: {summary['ray_vs_plain']}   with --cache: {summary['ray_cache_vs_plain']}")
     OUT.mkdir(exist_ok=True)
     (OUT / "ray_overhead.json").write_text(json.dumps(summary, indent=2))
 

@@ -38,7 +38,7 @@ def _train(args) -> int:
     overrides = dict(
         data=args.data, out=args.out, name=args.name, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
         size=args.size, width=args.width, lr=args.lr, on_bad=args.on_bad, train_samples=args.train_samples,
-        test_samples=args.test_samples, gpu=True if args.gpu else None, profile=args.profile,
+        test_samples=args.test_samples, gpu=True if args.gpu else None, profile=args.profile, cache=args.cache,
     )
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -113,6 +113,7 @@ def _tune(args) -> int:
     r = sweep(
         args.space, args.data, out=args.out, name=args.name, trials=args.trials, epochs=args.epochs, scheduler=args.scheduler,
         concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, gpu=args.gpu, resume=args.resume, address=args.address,
+        cache=args.cache,
     )
     best = r["best"]
     print(f"{len(r['trials'])} trials ({r['concurrency']} at a time) in {r['experiment']}")
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad", choices=["error", "skip"], help="on a bad sample: stop naming it (default), or skip and count it")
     p.add_argument("--train-samples", type=int, help="train on the first N samples only")
     p.add_argument("--test-samples", type=int, help="evaluate on the first N test samples only")
+    p.add_argument("--cache", help="folder (s3:// on a cluster) for decoded samples: decode once, later epochs and runs read them")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set w_depth=2 (repeatable)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--profile", choices=["cprofile", "torch", "memory"],
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sweeps", help="where sweeps live; a sweep is OUT/NAME")
     p.add_argument("--name", default="sweep", help="the sweep's name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not run again")
+    p.add_argument("--cache", help="folder (s3:// on a cluster) for decoded samples: decoded once, read by every trial")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.set_defaults(run=_tune)
 

@@ -23,6 +23,7 @@ class Config:
     on_bad: str = "error"  # "skip": drop bad samples and count them in the epoch's metrics
     train_samples: int | None = None  # use only the first N training samples (quick runs)
     test_samples: int | None = None  # use only the first N test samples
+    cache: str = ""  # folder or s3:// URI of decoded samples: JPEGs decoded once, read by later epochs and runs (fgbg/cache.py)
     # model
     width: float = 1.0  # multiplies every stage's width: 32-64-128-256-256 at 1.0
     widths: list[int] | None = None  # or set the five stage widths directly

@@ -28,23 +28,28 @@ class IngestConfig:
     rows_per_block: int = 256  # manifest rows per Ray Data block: the unit of parallel decoding (256 measured best, docs/benchmarks.md)
 
 
+def manifest_blocks(table: pa.Table, config: IngestConfig) -> ray.data.Dataset:
+    """The manifest rows as a Ray Dataset of `rows_per_block`-row blocks, set up for decoding tasks."""
+    n = max(1, config.rows_per_block)
+    ds = ray.data.from_arrow([table.slice(i, n) for i in range(0, table.num_rows, n)] or [table])
+    # Ray Data reserves a share of the CPUs per operator; where a decode task is a large part of the
+    # cluster (2 cores: half) that left one task running at a time. Decoding is the only operator
+    # that does work, so it gets every CPU it is given (docs/benchmarks.md, "Ingest": 1.7x).
+    ds.context.op_resource_reservation_enabled = False
+    return ds
+
+
 def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False) -> ray.data.Dataset:
     """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths).
 
     With `shuffle`, the manifest is shuffled anew each time the dataset is iterated (training).
     """
-    n = max(1, config.rows_per_block)
-    blocks = [table.slice(i, n) for i in range(0, table.num_rows, n)] or [table]
-    ds = ray.data.from_arrow(blocks)
-    # Ray Data reserves a share of the CPUs per operator; where a decode task is a large part of the
-    # cluster (2 cores: half) that left one task running at a time. Decoding is the only operator
-    # that does work, so it gets every CPU it is given (docs/benchmarks.md, "Ingest": 1.6x).
-    ds.context.op_resource_reservation_enabled = False
+    ds = manifest_blocks(table, config)
     if shuffle:
         ds = ds.random_shuffle()
     return ds.map_batches(
         decode_batch,
-        batch_size=n,
+        batch_size=max(1, config.rows_per_block),
         batch_format="numpy",
         fn_kwargs={"size": config.size, "depth_size": config.depth_size, "on_bad": config.on_bad},
     )

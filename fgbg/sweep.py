@@ -149,6 +149,7 @@ def sweep(
     gpu: bool = False,
     resume: bool = False,
     address: str | None = None,
+    cache: str | None = None,
 ) -> dict:
     """Run (or resume) a sweep; writes results.csv, best_config.yaml and sweep.png into OUT/NAME."""
     from ray import tune
@@ -160,6 +161,8 @@ def sweep(
         raise FgbgError(f"--scheduler must be asha or fifo, not {scheduler!r}")
     base = Config.from_dict({**space.fixed, **({"objective": space.objective} if space.objective else {})})
     base.data = storage.absolute(data)
+    base.cache = cache or base.cache
+    base.cache = storage.absolute(base.cache) if base.cache else ""  # absolute: a trial's working directory is its own
     base.epochs = epochs or base.epochs
     base.workers, base.gpu = workers_per_trial, gpu
     out = storage.absolute(out)
@@ -173,6 +176,12 @@ def sweep(
     if concurrency and concurrency > cap:
         print(f"the cluster holds {cap} trial(s) at a time now; the others wait until it grows (autoscaling)", flush=True)
     concurrency = concurrency or cap
+    if base.cache and not resume and not {"size", "on_bad", "train_samples", "test_samples"} & set(space.space):
+        # decode into the cache here, once, rather than in each of the first trials at the same time
+        from .train import make_datasets, prepare
+
+        first = Config.from_dict(base.to_dict())
+        make_datasets(first, prepare(first))
     # the trial itself only launches a TorchTrainer, which reserves the workers' resources on its own;
     # it asks for no CPU at all (Tune needs some resource: 1 MiB of memory), since even a fraction of
     # one would leave its node a fraction short of the whole CPU a decoding task needs

@@ -326,6 +326,7 @@ def prepare(cfg: Config) -> dict:
         cfg.name = time.strftime("run-%Y%m%d-%H%M%S")
     cfg.out = storage.absolute(cfg.out)
     cfg.data = storage.absolute(cfg.data)
+    cfg.cache = storage.absolute(cfg.cache) if cfg.cache else ""
     storage.check_bucket(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
     manifest = load_manifest(cfg.data)
     if manifest.problems:
@@ -344,18 +345,28 @@ def prepare(cfg: Config) -> dict:
     return {"train": manifest.with_paths(train), "test": manifest.with_paths(test)}
 
 
+def make_datasets(cfg: Config, tables: dict) -> dict:
+    """The run's Ray Datasets: decoding the JPEGs while training, or read from the cache (which decodes a split first if need be)."""
+    from .ingest import IngestConfig, build_dataset, pad_rows
+
+    ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
+
+    def dataset(table, shuffle: bool = False):
+        if cfg.cache:
+            from .cache import cached_dataset
+
+            return cached_dataset(table, ingest, cfg.cache, shuffle)
+        return build_dataset(table, ingest, shuffle)
+
+    return {"train": dataset(tables["train"], shuffle=True), "test": dataset(pad_rows(tables["test"], max(cfg.workers, 1)))}
+
+
 def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
     """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .ingest import IngestConfig, build_dataset, pad_rows
-
-    ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
-    datasets = {
-        "train": build_dataset(tables["train"], ingest, shuffle=True),
-        "test": build_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest),
-    }
+    datasets = make_datasets(cfg, tables)
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
     return TorchTrainer(
         train_func_per_worker,
@@ -417,12 +428,11 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     # (a hard affinity: Ray places a soft one elsewhere about half the time, even when the node has room)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    trainer = make_trainer(cfg, tables, progress=progress)
     stop = threading.Event()
     relay = threading.Thread(target=_relay, args=(progress, stop), daemon=True)
     relay.start()
     try:
-        result = trainer.fit()
+        result = make_trainer(cfg, tables, progress=progress).fit()  # (with --cache, decoding a split starts here)
     except Exception as e:
         bad = bad_sample_message(e)
         if bad is not None:

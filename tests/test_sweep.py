@@ -27,8 +27,11 @@ def _space(tmp_path, space, fixed=FIXED, name="space.yaml"):
 def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ray_cluster, synth_data, tmp_path):
     # lr 1e-9 cannot learn anything in 2 epochs: ASHA should stop such trials after their first epoch
     space = _space(tmp_path, {"lr": {"grid": [0.003, 1e-9]}, "w_depth": {"uniform": [0.5, 2.0]}})
-    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="s", trials=2, scheduler="asha")
+    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="s", trials=2, scheduler="asha", cache=str(tmp_path / "cache"))
     exp = tmp_path / "sweeps" / "s"
+    # the sweep decoded each split once into the cache, and all four trials read that copy
+    assert len(list((tmp_path / "cache").glob("*/complete.json"))) == 2
+    assert len([d for d in (tmp_path / "cache").glob("*/*") if d.is_dir()]) == 2
     rows = list(csv.DictReader((exp / "results.csv").open()))
     assert len(rows) == 4 and len(r["trials"]) == 4
     for row in rows:
@@ -44,7 +47,7 @@ def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ra
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, synth_data, tmp_path):
-    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 1.0, 2.0]}}, {**FIXED, "epochs": 1})
+    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 2.0]}}, {**FIXED, "epochs": 1})
     args = ["tune", "--space", space, "--data", str(synth_data), "--trials", "1", "--scheduler", "fifo",
             "--out", str(tmp_path / "sweeps"), "--name", "r", "--concurrency", "1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
@@ -62,7 +65,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, syn
     assert not (exp / "results.csv").exists()
     before = {d.name: json.loads((d / "result.json").read_text().splitlines()[0]) for d in finished}
     r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="r", resume=True)
-    assert len(r["trials"]) == 3 and len(list(csv.DictReader((exp / "results.csv").open()))) == 3
+    assert len(r["trials"]) == 2 and len(list(csv.DictReader((exp / "results.csv").open()))) == 2
     for name, result in before.items():
         # a finished trial was not trained again (Tune may restart one killed as it finished: it reports
         # its last epoch again, from the checkpoint)

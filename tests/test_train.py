@@ -113,10 +113,13 @@ def test_bad_sample_stops_training_naming_it_or_is_skipped_and_counted(ray_clust
         truncated = zf.read(member)[:150]
     rewrite_zip(root / "batch1_images.zip", {member: truncated})
     cfg = dict(data=str(root), out=str(tmp_path / "runs"), epochs=1, workers=0, **TINY)
-    with pytest.raises(FgbgError, match=f"batch1_images.zip: {member}: undecodable or truncated JPEG"):
-        fit(Config(name="strict", **cfg))
-    result = fit(Config(name="lenient", on_bad="skip", **cfg))
+    for cache in ("", str(tmp_path / "strict-cache")):  # decoded while training, or into the cache first
+        with pytest.raises(FgbgError, match=f"batch1_images.zip: {member}: undecodable or truncated JPEG"):
+            fit(Config(name="strict", cache=cache, **cfg))
+    # through the decoded-sample cache: the bad sample is kept marked in its shard, then skipped and counted
+    result = fit(Config(name="lenient", on_bad="skip", cache=str(tmp_path / "cache"), **cfg))
     assert result["metrics"]["skipped"] == 1 and result["metrics"]["train_samples"] == 15
+    assert len(list((tmp_path / "cache").glob("*/complete.json"))) == 2  # the train and the test split
 
 
 def test_missing_partner_is_an_error_before_training_unless_skipping(ray_cluster, tmp_path):
