@@ -4,7 +4,8 @@ A head (no CPUs, as cluster.yaml's) and one worker node of 3 CPUs run as `ray st
 127.0.0.1 (the tests' loopback cluster). `jobs/train.py` goes in through the Job Submission API
 with this repository as its working_dir, as `ray job submit` sends it, alternating 1 and 2
 workers (1 CPU each, so 1 worker trains on one core, 2 on both). Latency: from `submit_job` to
-the job's log showing step 1, polled every 0.1 s. Throughput: medians of the jobs' epochs
+the job's log showing step 1, polled every 0.1 s, split into its parts by the start-up marks
+`fgbg train` records in its first epoch's metrics (fgbg.train.startup_parts). Throughput: medians of the jobs' epochs
 after the first.
     python bench/scaling.py [--size 64] [--samples 640] [--epochs 3] [--repeats 5]
 Prints a table and writes bench/out/scaling.json.
@@ -65,7 +66,7 @@ def main() -> None:
         write_dataset(SynthSpec(str(data), batches=2, per_batch=args.samples, size=args.size, seed=4), workers=0)
     runs = Path(tempfile.mkdtemp(prefix="fgbg-scaling-"))
     cluster = LoopbackCluster(runs / "logs")
-    latency, rates = {1: [], 2: []}, {1: [], 2: []}
+    latency, rates, startup = {1: [], 2: []}, {1: [], 2: []}, {1: [], 2: []}
     try:
         cluster.add_node(3)
         for r in range(args.repeats):
@@ -74,7 +75,11 @@ def main() -> None:
                 latency[workers].append(run_job(cluster, (
                     f"python jobs/train.py --data {data} --out {runs} --name {name} --size {args.size} --epochs {args.epochs} "
                     f"--workers {workers} --batch-size 32 --test-samples 64 --set log_every=1")))
-                rates[workers] += [m["samples_per_s"] for m in read_history(runs / name)[1:]]
+                history = read_history(runs / name)
+                rates[workers] += [m["samples_per_s"] for m in history[1:]]
+                parts = {k.removeprefix("startup_"): v for k, v in history[0].items() if k.startswith("startup_")}
+                # before fgbg's own marks: the job's driver starting (working_dir, Python and imports)
+                startup[workers].append({"job": latency[workers][-1] - parts.pop("total"), **parts})
                 print(f"  {name}: first step after {latency[workers][-1]:.1f} s", flush=True)
     finally:
         cluster.shutdown()
@@ -88,6 +93,12 @@ def main() -> None:
         print(f"{w:<8} {s['median_samples_per_s']:>10} {s['median_latency_s']:>20}   {s['latencies_s']}")
     summary["speedup_2_over_1"] = round(summary["workers"][2]["median_samples_per_s"] / summary["workers"][1]["median_samples_per_s"], 3)
     print(f"2 workers / 1 worker: {summary['speedup_2_over_1']}")
+    print("\nsubmission → step 1, medians in seconds (fgbg.train's start-up marks; job = before fgbg's fit begins)")
+    parts = list(startup[1][0])
+    print(f"{'workers':<8} " + " ".join(f"{p.replace('_', ' '):>12}" for p in parts))
+    for w in (1, 2):
+        summary["workers"][w]["startup_median_s"] = {p: round(statistics.median(x[p] for x in startup[w]), 2) for p in parts}
+        print(f"{w:<8} " + " ".join(f"{summary['workers'][w]['startup_median_s'][p]:>12}" for p in parts))
     OUT.mkdir(exist_ok=True)
     (OUT / "scaling.json").write_text(json.dumps(summary, indent=2))
 

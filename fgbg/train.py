@@ -58,6 +58,24 @@ def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss
     return metrics
 
 
+_STARTUP = [  # (part, from mark, to mark): where the time from `fit` to the first training step goes
+    ("startup_connect", "driver", "connected"),  # the manifest, and starting or joining Ray
+    ("startup_datasets", "connected", "submitted"),  # the Ray Datasets (with --cache, decoding a split the first time) and the trainer
+    ("startup_workers", "submitted", "worker"),  # Ray Train's controller and worker group, up to the training function
+    ("startup_model", "worker", "model"),  # the model, and torch.distributed's process group
+    ("startup_first_batch", "model", "first_batch"),  # Ray Data starting and delivering the first batch
+    ("startup_first_step", "first_batch", "first_step"),  # the first training step
+]
+
+
+def startup_parts(marks: dict) -> dict[str, float]:
+    """Seconds of each start-up part between the wall-clock marks that are there, and their total."""
+    parts = {name: marks[b] - marks[a] for name, a, b in _STARTUP if a in marks and b in marks}
+    if "driver" in marks and "first_step" in marks:
+        parts["startup_total"] = marks["first_step"] - marks["driver"]
+    return parts
+
+
 def train_func_per_worker(loop_config: dict) -> None:
     """One Ray Train worker: train, evaluate, all-reduce, checkpoint, report; every epoch."""
     import ray.train
@@ -68,6 +86,7 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     cfg = Config.from_dict(loop_config["config"])
     say = _Say(loop_config.get("progress"))
+    startup = {**loop_config.get("startup", {}), "worker": time.time()}
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -77,6 +96,7 @@ def train_func_per_worker(loop_config: dict) -> None:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
+    startup["model"] = time.time()
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
@@ -133,7 +153,15 @@ def train_func_per_worker(loop_config: dict) -> None:
             if len(batch["fg_bg"]) == 0:
                 t_wait = time.perf_counter()
                 continue
+            startup.setdefault("first_batch", time.time())
             parts = train_step(prepare_batch(batch, device, cfg.channels_last, augment_rng))
+            if "first_step" not in startup:
+                startup["first_step"] = time.time()
+                if rank == 0 and not checkpoint:
+                    took = startup_parts(startup)
+                    total = took.pop("startup_total", None)
+                    say((f"first step {total:.1f} s after start: " if total else "start-up: ")
+                        + ", ".join(f"{k.removeprefix('startup_').replace('_', ' ')} {v:.1f} s" for k, v in took.items()))
             profiler.step()
             t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
             t_compute += t_wait - t0
@@ -178,6 +206,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             "params": sum(p.numel() for p in core.parameters()),
             "time_compute": t_compute,
             "time_data": t_data,
+            **(startup_parts(startup) if epoch == start_epoch and not checkpoint else {}),
         }
         metrics["objective"] = sum(w * metrics[k] for k, w in cfg.objective.items())
         best_iou = max(best_iou, metrics["iou"])
@@ -361,7 +390,7 @@ def make_datasets(cfg: Config, tables: dict) -> dict:
     return {"train": dataset(tables["train"], shuffle=True), "test": dataset(pad_rows(tables["test"], max(cfg.workers, 1)))}
 
 
-def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
+def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, startup: dict | None = None):
     """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -370,7 +399,8 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None):
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress},
+        train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress,
+                           "startup": {**(startup or {}), "submitted": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
                                                  placement_strategy=cfg.placement_strategy),
         run_config=ray.train.RunConfig(
@@ -415,6 +445,7 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    startup = {"driver": time.time()}
     tables = prepare(cfg)
     last = find_checkpoints(cfg.run_dir)
     if last and last[-1][1]["epoch"] >= cfg.epochs:
@@ -428,11 +459,13 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     # (a hard affinity: Ray places a soft one elsewhere about half the time, even when the node has room)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    startup["connected"] = time.time()
     stop = threading.Event()
     relay = threading.Thread(target=_relay, args=(progress, stop), daemon=True)
     relay.start()
     try:
-        result = make_trainer(cfg, tables, progress=progress).fit()  # (with --cache, decoding a split starts here)
+        trainer = make_trainer(cfg, tables, progress=progress, startup=startup)  # (with --cache, decoding a split starts here)
+        result = trainer.fit()
     except Exception as e:
         bad = bad_sample_message(e)
         if bad is not None:

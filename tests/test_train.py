@@ -50,6 +50,12 @@ def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(
     assert checkpoints[-1][1]["epoch"] == 2 and len(checkpoints) <= 2  # the best by IoU and the latest
     assert list(Path(checkpoints[-1][0]).glob("*.pt"))
     assert list(Path(run, "tensorboard").glob("events.out.tfevents.*"))
+    # the first epoch says where the time to its first step went, part by part
+    first, second = read_history(run)
+    parts = {k: v for k, v in first.items() if k.startswith("startup_") and k != "startup_total"}
+    assert set(parts) == {f"startup_{p}" for p in ("connect", "datasets", "workers", "model", "first_batch", "first_step")}
+    assert all(v >= 0 for v in parts.values()) and sum(parts.values()) == pytest.approx(first["startup_total"])
+    assert not any(k.startswith("startup_") for k in second)
 
 
 def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
