@@ -3,7 +3,7 @@
 Decoding JPEGs is most of ingest's work; a shard (numpy .npz, uncompressed) is read at about
 twice the rate (docs/benchmarks.md, "Ingest"). A split's shards live under
 CACHE/<key>/<writer>/, where the key covers what decides their content (the samples' files,
-sizes, bad-sample policy), so a changed dataset or size is decoded afresh and runs on the same
+stamps, sizes, bad-sample policy), so a changed dataset or size is decoded afresh and runs on the same
 data share one copy. The manifest is shuffled before it is cut into shards, so each shard is a
 random draw of the split; a training epoch reads the shards in a new order and each shard's
 rows in a new order. `complete.json` is written last: a killed write is decoded again, and
@@ -25,6 +25,7 @@ import ray
 
 from . import storage
 from .ingest import IngestConfig, manifest_blocks
+from .layout import Batch
 from .reader import decode_batch
 
 FORMAT = 1  # bump when the shards' layout changes: older caches are then left alone
@@ -32,21 +33,23 @@ _KEY_COLUMNS = ("sample", "source", "fg_bg", "bg", "mask", "depth")
 
 
 def cache_key(table: pa.Table, config: IngestConfig) -> str:
-    """What decides a split's decoded content, hashed: its rows' files in order, the sizes, the bad-sample policy."""
+    """What decides a split's decoded content, hashed: its rows' files in order, the batches' stamps
+    (a batch written again has another), the sizes, the bad-sample policy."""
     h = hashlib.sha256(json.dumps([FORMAT, config.size, config.depth_size or config.size // 2, config.on_bad]).encode())
     for name in _KEY_COLUMNS:
         h.update(json.dumps(table.column(name).to_pylist()).encode())
+    h.update(json.dumps([Batch(0, source).stamp() for source in sorted(set(table.column("source").to_pylist()))]).encode())
     return h.hexdigest()[:20]
 
 
-def _write_shards(batch: dict, folder: str, config: IngestConfig) -> dict:
-    """Decode one block of manifest rows and store it as one shard; the shard's path and row count."""
+def _write_shard(batch: dict, folder: str, config: IngestConfig) -> dict:
+    """Decode one block of manifest rows and store it as one shard; the shard's path."""
     arrays = decode_batch(batch, size=config.size, depth_size=config.depth_size, on_bad=config.on_bad)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = storage.join(folder, f"shard-{uuid.uuid4().hex}.npz")
     storage.write_bytes(path, buf.getvalue())
-    return {"path": np.array([path]), "rows": np.array([len(arrays["bad"])])}
+    return {"path": np.array([path])}
 
 
 def _read_shard(batch: dict, shuffle: bool) -> dict:
@@ -62,7 +65,7 @@ def _read_shard(batch: dict, shuffle: bool) -> dict:
 def build(table: pa.Table, config: IngestConfig, folder: str) -> list[str]:
     """Decode the split into shards under `folder` with Ray Data (in parallel); the shard paths."""
     ds = manifest_blocks(table.take(np.random.default_rng(0).permutation(table.num_rows)), config)
-    written = ds.map_batches(_write_shards, batch_size=max(1, config.rows_per_block), batch_format="numpy",
+    written = ds.map_batches(_write_shard, batch_size=max(1, config.rows_per_block), batch_format="numpy",
                              fn_kwargs={"folder": folder, "config": config}).take_all()
     return [str(row["path"]) for row in written]
 

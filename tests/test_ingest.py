@@ -1,5 +1,8 @@
 """The Ray Data pipeline on a real local Ray cluster, against the plain single-process reader."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -101,5 +104,13 @@ def test_the_cache_decodes_once_yields_the_same_samples_and_shuffles_every_epoch
     orders = [np.concatenate(_collect(again.iter_batches(batch_size=7, batch_format="numpy"))["fg_bg"]) for _ in range(3)]
     assert len(messages) == 1 and sorted(root.rglob("*.npz")) == shards
     assert any(not np.array_equal(o, orders[0]) for o in orders[1:])
-    # another size is another cache
-    assert cache_key(table, IngestConfig(size=16)) != cache_key(table, config)
+    # another size is another cache, and so is a batch written again
+    key = cache_key(table, config)
+    assert cache_key(table, IngestConfig(size=16)) != key
+    zip_path = Path(table.column("source")[0].as_py())
+    times = (zip_path.stat().st_atime_ns, zip_path.stat().st_mtime_ns)
+    os.utime(zip_path, ns=(times[0], times[1] + 10**9))
+    try:
+        assert cache_key(table, config) != key
+    finally:
+        os.utime(zip_path, ns=times)  # the session's dataset, as the other tests know it
