@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import storage
+from .batch import prepare_batch
 from .config import Config
 from .errors import BadSample, FgbgError
 from .losses import MaskDepthLoss
@@ -29,7 +30,6 @@ from .metrics import SetMetrics
 from .model import UNet
 from .profiling import RunProfiler
 from .report import append_history, write_report
-from .batch import prepare_batch
 from .step import TrainStep
 
 
