@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from .batch import prepare_batch
 from .losses import MaskDepthLoss
 from .model import UNet
-from .batch import prepare_batch
 from .step import TrainStep
 
 

@@ -162,7 +162,8 @@ def sweep(
     base = Config.from_dict({**space.fixed, **({"objective": space.objective} if space.objective else {})})
     base.data = storage.absolute(data)
     base.cache = cache or base.cache
-    base.cache = storage.absolute(base.cache) if base.cache else ""  # absolute: a trial's working directory is its own
+    if base.cache:
+        base.cache = storage.absolute(base.cache)  # a trial's working directory is its own
     base.epochs = epochs or base.epochs
     base.workers, base.gpu = workers_per_trial, gpu
     out = storage.absolute(out)
