@@ -1,11 +1,13 @@
-"""Train step on CPU: plain PyTorch (eager, NCHW, float32: the original's way) against fgbg's training step.
+"""Train step: plain PyTorch (eager, NCHW, float32: the original's way) against fgbg's training step.
 
-Speed: every variant takes one step on the same random batch in turn, --repeats times (after two
-warm-up steps each); medians. Achieved FLOP/s count thop's MACs × 2 (multiply-add) × 3 (forward and
-backward), against this machine's float32 matrix product (sgemm) measured in the same run.
+On the GPU when there is one (--device cuda; fgbg's step then autocasts to bfloat16 or float16),
+else on the CPU. Speed: every variant takes one step on the same random batch in turn, --repeats
+times (after two warm-up steps each), each timed until the device has finished it; medians.
+Achieved FLOP/s count thop's MACs × 2 (multiply-add) × 3 (forward and backward), against the
+device's float32 matrix product (sgemm) measured in the same run.
 Numerics (--check): each step trains the same initial model on the same synthetic batches in the
 same order, for several seeds; IoU and SSIM on the test batch after the run, against the plain step's.
-    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--compile] [--check | --check-only]
+    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--device cuda|cpu] [--compile] [--check | --check-only]
 Prints tables and writes bench/out/train_step.json.
 """
 
@@ -29,22 +31,29 @@ from fgbg.batch import prepare_batch
 from fgbg.step import TrainStep
 
 OUT = Path(__file__).parent / "out"
-CPU = torch.device("cpu")
 
 
-def sgemm_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Median float32 FLOP/s of an n×n matrix product on all of torch's threads."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
+def finish(device: torch.device) -> None:
+    """Wait until the device has done what was queued on it (a GPU runs behind the host)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sgemm_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Median float32 FLOP/s of an n×n matrix product on the device (on a CPU, all of torch's threads)."""
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        finish(device)
         t = time.perf_counter()
         a @ b
+        finish(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
 
 
-def plain_step(model: torch.nn.Module):
+def plain_step(model: torch.nn.Module, device: torch.device):
     """The original's loop body: NCHW float32 tensors straight into the model."""
     optimizer = torch.optim.Adam(model.parameters())
     loss_fn = MaskDepthLoss()
@@ -56,39 +65,41 @@ def plain_step(model: torch.nn.Module):
         optimizer.step()
         return parts
 
-    return step, (lambda batch: prepare_batch(batch, CPU, channels_last=False))
+    return step, (lambda batch: prepare_batch(batch, device, channels_last=False))
 
 
-def fgbg_step(model: torch.nn.Module, channels_last: bool, amp: bool, compile: bool = False):
+def fgbg_step(model: torch.nn.Module, device: torch.device, channels_last: bool, amp: bool, compile: bool = False):
     """What fgbg's training loop does (fgbg/train.py): model and batch in its memory format, then TrainStep."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
-    step = TrainStep(forward, torch.optim.Adam(model.parameters()), MaskDepthLoss(), CPU, amp=amp)
-    return step, (lambda batch: prepare_batch(batch, CPU, channels_last))
+    step = TrainStep(forward, torch.optim.Adam(model.parameters()), MaskDepthLoss(), device, amp=amp)
+    return step, (lambda batch: prepare_batch(batch, device, channels_last))
 
 
-def variants(include_compile: bool) -> dict:
+def variants(device: torch.device, include_compile: bool) -> dict:
+    """name → (a model on the device → (step, prepare))."""
     cfg = Config()
     out = {
-        "plain eager NCHW fp32": lambda m: plain_step(m),
-        "channels_last fp32": lambda m: fgbg_step(m, channels_last=True, amp=False),
-        "fgbg (default config)": lambda m: fgbg_step(m, channels_last=cfg.channels_last, amp=cfg.amp),
+        "plain eager NCHW fp32": lambda m: plain_step(m.to(device), device),
+        "channels_last fp32": lambda m: fgbg_step(m.to(device), device, channels_last=True, amp=False),
+        "fgbg (default config)": lambda m: fgbg_step(m.to(device), device, channels_last=cfg.channels_last, amp=cfg.amp),
     }
     if include_compile:
-        out["fgbg + torch.compile"] = lambda m: fgbg_step(m, channels_last=cfg.channels_last, amp=cfg.amp, compile=True)
+        out["fgbg + torch.compile"] = lambda m: fgbg_step(m.to(device), device, channels_last=cfg.channels_last, amp=cfg.amp, compile=True)
     return out
 
 
-def speed(args) -> dict:
+def speed(args, device: torch.device) -> dict:
     batch = random_batch(args.batch, args.size)
     steps = {}
-    for name, make in variants(args.compile).items():
+    for name, make in variants(device, args.compile).items():
         t = time.perf_counter()
         step, prepare = make(UNet(width=args.width))
         ready = prepare(batch)
         step(ready)
         step(ready)
+        finish(device)
         steps[name] = (step, ready)
         print(f"  {name}: warm-up {time.perf_counter() - t:.1f} s", flush=True)
     rates = {name: [] for name in steps}
@@ -96,11 +107,12 @@ def speed(args) -> dict:
         for name, (step, ready) in steps.items():
             t = time.perf_counter()
             step(ready)
+            finish(device)
             rates[name].append(args.batch / (time.perf_counter() - t))
     return {name: {"median_samples_per_s": round(statistics.median(r), 2), "runs": [round(x, 2) for x in r]} for name, r in rates.items()}
 
 
-def numerics(args) -> dict:
+def numerics(args, device: torch.device) -> dict:
     """IoU and SSIM of each step after the same short run on synthetic data, for --check-seeds seeds.
 
     A seed fixes the initial model and the order of the batches; within a seed every step starts
@@ -123,13 +135,13 @@ def numerics(args) -> dict:
 
     train, test = arrays(split["train"]), arrays(split["test"])
     n = len(train["fg_bg"])
-    runs = {name: [] for name in variants(False)}
+    runs = {name: [] for name in variants(device, False)}
     for seed in range(args.check_seeds):
         order = torch.Generator().manual_seed(seed)
         batches = [torch.randperm(n, generator=order) for _ in range(args.check_epochs)]
         torch.manual_seed(seed)
         initial = UNet(width=args.width)
-        for name, make in variants(False).items():
+        for name, make in variants(device, False).items():
             model = copy.deepcopy(initial)
             step, prepare = make(model)
             model.train()
@@ -137,7 +149,7 @@ def numerics(args) -> dict:
                 for i in range(0, n - batch + 1, batch):
                     step(prepare({k: v[perm[i : i + batch]] for k, v in train.items()}))
             model.eval()
-            metrics = SetMetrics()
+            metrics = SetMetrics(device)
             with torch.no_grad():
                 for i in range(0, len(test["fg_bg"]), 64):
                     b = prepare({k: v[i : i + 64] for k, v in test.items()})
@@ -166,6 +178,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when there is a GPU, else cpu")
     ap.add_argument("--compile", action="store_true", help="also time fgbg's step under torch.compile (a minute or more to compile)")
     ap.add_argument("--check", action="store_true", help="also train the plain and the fgbg step on the same data and compare IoU")
     ap.add_argument("--check-size", type=int, default=64)
@@ -173,16 +186,18 @@ def main() -> None:
     ap.add_argument("--check-seeds", type=int, default=5)
     ap.add_argument("--check-only", action="store_true", help="the numerics check alone")
     args = ap.parse_args()
+    device = torch.device(args.device)
     if args.check_only:
         print("numerics: the same short run with each step")
         OUT.mkdir(exist_ok=True)
-        (OUT / "train_step_check.json").write_text(json.dumps(numerics(args), indent=2))
+        (OUT / "train_step_check.json").write_text(json.dumps(numerics(args, device), indent=2))
         return
 
     macs = count_macs(UNet(width=args.width), args.size)
-    sgemm = sgemm_flops()
-    print(f"{torch.get_num_threads()} threads; sgemm {sgemm / 1e9:.1f} GFLOP/s; {macs / 1e6:.1f}M MACs per sample at {args.size}×{args.size}")
-    results = speed(args)
+    sgemm = sgemm_flops(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}; sgemm {sgemm / 1e9:.1f} GFLOP/s; {macs / 1e6:.1f}M MACs per sample at {args.size}×{args.size}")
+    results = speed(args, device)
     plain = results["plain eager NCHW fp32"]["median_samples_per_s"]
     print(f"\n{'step':<26} {'samples/s':>10} {'× plain':>8} {'GFLOP/s':>8} {'% sgemm':>8}   runs")
     for name, r in results.items():
@@ -190,13 +205,13 @@ def main() -> None:
         r.update(vs_plain=round(r["median_samples_per_s"] / plain, 2), gflops=round(flops / 1e9, 1), of_sgemm=round(flops / sgemm, 3))
         print(f"{name:<26} {r['median_samples_per_s']:>10} {r['vs_plain']:>8} {r['gflops']:>8} {100 * r['of_sgemm']:>7.1f}%   {r['runs']}")
     summary = {
-        "size": args.size, "batch": args.batch, "width": args.width, "repeats": args.repeats,
+        "size": args.size, "batch": args.batch, "width": args.width, "repeats": args.repeats, "device": where,
         "threads": torch.get_num_threads(), "macs_per_sample": macs, "sgemm_gflops": round(sgemm / 1e9, 1),
         "speed": results,
     }
     if args.check:
         print("\nnumerics: the same short run with each step")
-        summary["numerics"] = numerics(args)
+        summary["numerics"] = numerics(args, device)
     OUT.mkdir(exist_ok=True)
     (OUT / "train_step.json").write_text(json.dumps(summary, indent=2))
 

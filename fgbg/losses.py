@@ -20,22 +20,23 @@ class MaskDepthLoss(torch.nn.Module):
     """w_mask·BCE(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth); returns the total and its parts.
 
     SSIM is torchmetrics' with data_range 1 on depths in [0, 1], so no per-image renormalisation
-    is needed and no image is dropped for being all black.
+    is needed and no image is dropped for being all black. The parts are detached 0-d tensors on
+    the device, not floats: reading one waits for a GPU, so the training loop reads them only when it logs.
     """
 
     def __init__(self, w_mask: float = 1.0, w_depth: float = 1.0, w_depth_l1: float = 0.0):
         super().__init__()
         self.w_mask, self.w_depth, self.w_depth_l1 = w_mask, w_depth, w_depth_l1
 
-    def forward(self, mask_logits, depth, mask_true, depth_true) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, mask_logits, depth, mask_true, depth_true) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_true.float())
         depth, depth_true = depth.float(), depth_true.float()
         ssim_loss = 1 - depth_ssim(depth, depth_true)
         total = self.w_mask * bce + self.w_depth * ssim_loss
-        parts = {"loss_mask": bce.item(), "loss_depth_ssim": ssim_loss.item()}
+        parts = {"loss_mask": bce.detach(), "loss_depth_ssim": ssim_loss.detach()}
         if self.w_depth_l1:
             l1 = F.l1_loss(depth, depth_true)
             total = total + self.w_depth_l1 * l1
-            parts["loss_depth_l1"] = l1.item()
-        parts["loss"] = total.item()
+            parts["loss_depth_l1"] = l1.detach()
+        parts["loss"] = total.detach()
         return total, parts

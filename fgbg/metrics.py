@@ -21,7 +21,8 @@ class SetMetrics:
         self.sums = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, mask_logits, depth, mask_true, depth_true, loss: float | None = None) -> None:
+    def update(self, mask_logits, depth, mask_true, depth_true, loss: torch.Tensor | None = None) -> None:
+        """Add a batch; loss is the batch's mean loss (a 0-d tensor). Nothing is read back from the device."""
         pred = (mask_logits.float() > 0).flatten(1)  # sigmoid(x) > 0.5
         true = mask_true.flatten(1) > 0.5
         inter = (pred & true).sum(1).double()
@@ -32,18 +33,19 @@ class SetMetrics:
         valid = depth_true >= 1 / 255
         ratio = torch.maximum(depth / depth_true.clamp(min=1e-6), depth_true / depth.clamp(min=1e-6))
         n = mask_logits.shape[0]
+        count = self.sums.new_full((), float(n))  # filled on the device: torch.tensor(n, device=...) would be a blocking copy
         self.sums += torch.stack(
             [
-                torch.tensor(float(n), dtype=torch.float64, device=self.sums.device),
+                count,
                 per_image_iou.sum(),
                 inter.sum(),
                 union.sum(),
                 per_image_ssim.double().sum(),
                 ((depth - depth_true) ** 2).double().sum(),
-                torch.tensor(float(depth.numel()), dtype=torch.float64, device=self.sums.device),
+                self.sums.new_full((), float(depth.numel())),
                 ((ratio < 1.25) & valid).double().sum(),
                 valid.double().sum(),
-                torch.tensor(float(loss or 0.0) * n, dtype=torch.float64, device=self.sums.device),
+                loss.double() * n if loss is not None else count * 0,
             ]
         )
 

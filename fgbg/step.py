@@ -43,8 +43,8 @@ class TrainStep:
         """The forward pass's precision context."""
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
-    def __call__(self, batch: dict) -> dict[str, float]:
-        """The loss and its parts, as floats."""
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss and its parts, as 0-d tensors on the device: nothing here waits for the device to finish."""
         with self.autocast():
             mask_logits, depth = self.model(batch["fg_bg"], batch["bg"])
         loss, parts = self.loss_fn(mask_logits, depth, batch["mask"], batch["depth"])

@@ -142,7 +142,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         t_epoch = time.perf_counter()
         t_data = t_compute = 0.0
         seen = skipped = 0
-        parts_sum: dict[str, float] = {}
+        parts_sum: dict[str, torch.Tensor] = {}  # on the device, read once at the epoch's end
         batches = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda"))
         t_wait = time.perf_counter()
         for i, batch in enumerate(batches):
@@ -156,6 +156,8 @@ def train_func_per_worker(loop_config: dict) -> None:
             startup.setdefault("first_batch", time.time())
             parts = train_step(prepare_batch(batch, device, cfg.channels_last, augment_rng))
             if "first_step" not in startup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # the mark is the step done, not the step queued
                 startup["first_step"] = time.time()
                 if rank == 0 and not checkpoint:
                     took = startup_parts(startup)
@@ -163,20 +165,22 @@ def train_func_per_worker(loop_config: dict) -> None:
                     say((f"first step {total:.1f} s after start: " if total else "start-up: ")
                         + ", ".join(f"{k.removeprefix('startup_').replace('_', ' ')} {v:.1f} s" for k, v in took.items()))
             profiler.step()
-            t_wait = time.perf_counter()  # loss.item() in loss_fn has synchronised the device
+            # on a GPU nothing in the step waits for the device, so the host queues the next steps while it
+            # computes: compute is the host's time issuing steps (it stalls there once the device's queue is full)
+            t_wait = time.perf_counter()
             t_compute += t_wait - t0
             n = len(batch["fg_bg"])
             seen += n
             step += 1
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.double() * n
             if rank == 0:
                 say.step(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, parts["loss"])
-            if rank == 0 and (i + 1) % cfg.log_every == 0:
+            if rank == 0 and (i + 1) % cfg.log_every == 0:  # reading the losses waits for the device: only here
+                values = {k: float(v) for k, v in parts.items()}
                 rate = seen * world / max(time.perf_counter() - t_epoch, 1e-9)
-                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {parts['loss']:.4f} {rate:.1f} samples/s")
-            if writer:
-                for k, v in parts.items():
+                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {values['loss']:.4f} {rate:.1f} samples/s")
+                for k, v in values.items():
                     writer.add_scalar(f"step/{k}", v, step)
         t_train = time.perf_counter() - t_epoch
 
@@ -187,7 +191,8 @@ def train_func_per_worker(loop_config: dict) -> None:
                 writer.add_image("test/results", result_grid(batch, mask_logits, depth), epoch + 1, dataformats="HWC")
 
         sums = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last, grid).sums
-        train_sums = torch.tensor([seen, skipped, *[parts_sum.get(k, 0.0) for k in _PARTS]], dtype=torch.float64, device=device)
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        train_sums = torch.stack([zero + seen, zero + skipped, *[parts_sum.get(k, zero) for k in _PARTS]])
         if world > 1 and dist.is_initialized():
             dist.all_reduce(sums)
             dist.all_reduce(train_sums)
@@ -273,11 +278,11 @@ class _Say:
         if isinstance(line, str):
             print(line, flush=True)
 
-    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
-        """A bar update, at most twice a second (and at an epoch's last step)."""
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: torch.Tensor) -> None:
+        """A bar update, at most twice a second (and at an epoch's last step): only then is the loss read from the device."""
         if time.monotonic() - self.last_step > 0.5 or step == steps:
             self.last_step = time.monotonic()
-            self({"epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": loss})
+            self({"epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": float(loss)})
 
 
 def _relay(queue, stop) -> None:

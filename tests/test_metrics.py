@@ -64,10 +64,12 @@ def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
     depth = torch.rand(2, 1, 16, 16)
     total, parts = MaskDepthLoss(w_mask=2.0, w_depth=3.0, w_depth_l1=0.5)(logits, depth, mask, depth)
+    parts = {k: v.item() for k, v in parts.items()}
     assert parts["loss_depth_ssim"] == pytest.approx(0.0, abs=1e-5)
     assert parts["loss_depth_l1"] == 0.0
     assert total.item() == pytest.approx(2.0 * parts["loss_mask"], rel=1e-5)
     other = torch.rand(2, 1, 16, 16)
     total, parts = MaskDepthLoss(1.0, 1.0)(logits, other, mask, depth)
+    parts = {k: v.item() for k, v in parts.items()}
     assert total.item() == pytest.approx(parts["loss_mask"] + parts["loss_depth_ssim"], rel=1e-5)
     assert parts["loss_depth_ssim"] > 0.5 and "loss_depth_l1" not in parts
