@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fgbg.losses import MaskDepthLoss
+from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import random_batch
 from fgbg.batch import prepare_batch
@@ -61,3 +62,39 @@ def test_the_fast_step_follows_the_plain_float32_step():
         losses[name] = torch.stack([step(batch)["loss"] for _ in range(10)])
     assert losses["plain"][-1] < losses["plain"][0]  # it learns: a comparison of two stuck runs would say nothing
     assert torch.allclose(losses["fgbg"], losses["plain"], rtol=0.03), losses
+
+
+def test_a_step_and_its_metrics_never_read_a_value_back_from_the_device(monkeypatch):
+    """On a GPU every read-back (item, float, tolist, ...) makes the host wait for the device to finish.
+
+    Any such read in augmenting, the step (but Adam's step counts, CPU tensors on every device) or the
+    evaluation sums fails here.
+    """
+    torch.manual_seed(0)
+    model = UNet(width=0.25).to(memory_format=torch.channels_last)
+    step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(w_depth_l1=0.5), CPU)
+    augment = torch.Generator().manual_seed(0)
+    step(prepare_batch(random_batch(4, 32), CPU, True, augment))
+    adam_counts = {id(state["step"]) for state in step.optimizer.state.values()}
+
+    def forbid(name):
+        allowed = getattr(torch.Tensor, name)
+
+        def read(tensor, *args, **kwargs):
+            if id(tensor) not in adam_counts:
+                raise AssertionError(f"Tensor.{name} read a value back")  # not assert: its message would print the tensor
+            return allowed(tensor, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbid(name))
+    batch = prepare_batch(random_batch(4, 32), CPU, True, augment)
+    parts = step(batch)
+    metrics = SetMetrics()
+    with torch.no_grad():
+        mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+        metrics.update(mask_logits, depth, batch["mask"], batch["depth"], parts["loss"])
+    monkeypatch.undo()
+    assert set(parts) == {"loss", "loss_mask", "loss_depth_ssim", "loss_depth_l1"}
+    assert SetMetrics.compute(metrics.sums)["loss"] == pytest.approx(parts["loss"].item())
