@@ -21,8 +21,10 @@ def test_cpu_mixed_precision_is_bfloat16_where_the_cpu_computes_it_and_float32_o
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("amp", [False, True])
-def test_a_step_keeps_float32_weights_and_gives_outputs_of_the_chosen_precision_and_shape(amp, channels_last):
+@pytest.mark.parametrize("amp", [False, True, "float16"])
+def test_a_step_keeps_float32_weights_and_gives_outputs_of_the_chosen_precision_and_shape(amp, channels_last, monkeypatch):
+    if amp == "float16":  # the path of GPUs without bfloat16 (float16 and a gradient scaler), taken here on the CPU
+        monkeypatch.setattr("fgbg.step.amp_dtype", lambda device, amp=True: torch.float16)
     torch.manual_seed(0)
     model = UNet(width=0.25)
     if channels_last:
@@ -31,8 +33,15 @@ def test_a_step_keeps_float32_weights_and_gives_outputs_of_the_chosen_precision_
     step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), CPU, amp=amp)
     batch = prepare_batch(random_batch(4, 32), CPU, channels_last)
     assert batch["fg_bg"].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert step.scaler.is_enabled() == (step.dtype == torch.float16) == (amp == "float16")
 
     parts = step(batch)
+    if amp == "float16":  # the scaler starts at 2**16: it skips each step whose gradients overflow and halves its scale
+        for _ in range(30):
+            if all(torch.isfinite(p.grad).all() for p in model.parameters()):
+                break
+            parts = step(batch)
+        assert step.scaler.get_scale() < 2.0**16
 
     for name, v in parts.items():  # left on the device as 0-d float32 tensors, so the step never waits for it
         assert v.shape == () and v.dtype == torch.float32 and v.device == CPU and not v.requires_grad, name
