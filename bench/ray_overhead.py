@@ -31,7 +31,7 @@ from fgbg.losses import MaskDepthLoss  # noqa: E402
 from fgbg.reader import decode_table  # noqa: E402
 from fgbg.report import read_history  # noqa: E402
 from fgbg.batch import prepare_batch  # noqa: E402
-from fgbg.step import TrainStep  # noqa: E402
+from fgbg.step import TrainStep, wait_for  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 from fgbg.train import build_model  # noqa: E402
 
@@ -55,8 +55,7 @@ def plain_loop(cfg: Config, data: Path, device: torch.device) -> list[float]:
         t = time.perf_counter()
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
             step(prepare_batch({k: v[i : i + cfg.batch_size] for k, v in train.items()}, device, cfg.channels_last, augment))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the epoch ends when the device has finished it
+        wait_for(device)  # the epoch ends when the device has finished it
         rates.append((n // cfg.batch_size) * cfg.batch_size / (time.perf_counter() - t))
     return rates
 

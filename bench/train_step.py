@@ -28,15 +28,9 @@ from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import count_macs, random_batch
 from fgbg.batch import prepare_batch
-from fgbg.step import TrainStep
+from fgbg.step import TrainStep, wait_for
 
 OUT = Path(__file__).parent / "out"
-
-
-def finish(device: torch.device) -> None:
-    """Wait until the device has done what was queued on it (a GPU runs behind the host)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def sgemm_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
@@ -45,10 +39,10 @@ def sgemm_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     a @ b
     times = []
     for _ in range(repeats):
-        finish(device)
+        wait_for(device)
         t = time.perf_counter()
         a @ b
-        finish(device)
+        wait_for(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
 
@@ -99,7 +93,7 @@ def speed(args, device: torch.device) -> dict:
         ready = prepare(batch)
         step(ready)
         step(ready)
-        finish(device)
+        wait_for(device)
         steps[name] = (step, ready)
         print(f"  {name}: warm-up {time.perf_counter() - t:.1f} s", flush=True)
     rates = {name: [] for name in steps}
@@ -107,7 +101,7 @@ def speed(args, device: torch.device) -> dict:
         for name, (step, ready) in steps.items():
             t = time.perf_counter()
             step(ready)
-            finish(device)
+            wait_for(device)
             rates[name].append(args.batch / (time.perf_counter() - t))
     return {name: {"median_samples_per_s": round(statistics.median(r), 2), "runs": [round(x, 2) for x in r]} for name, r in rates.items()}
 

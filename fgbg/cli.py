@@ -85,10 +85,11 @@ def _profile(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
     else:
+        where = f"{r['threads']} CPU threads" if r["device"] == "cpu" else r["device"]
         print(
             f"width {r['width']} at {r['size']}x{r['size']}: {r['params'] / 1e6:.3f}M parameters, {r['macs'] / 1e6:.1f}M MACs per sample\n"
             f"  inference {r['inference_samples_per_s']} samples/s, train step {r['train_samples_per_s']} samples/s "
-            f"(batch {r['batch']}, {r['threads']} threads, training in {r['train_precision']})"
+            f"(batch {r['batch']}, {where}, training in {r['train_precision']})"
         )
     return 0
 

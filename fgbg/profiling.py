@@ -16,7 +16,7 @@ import torch
 from .batch import prepare_batch
 from .losses import MaskDepthLoss
 from .model import UNet
-from .step import TrainStep
+from .step import TrainStep, wait_for
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -38,35 +38,40 @@ def random_batch(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"fg_bg": image(size, 3), "bg": image(size, 3), "mask": image(size, 1), "depth": image(size // 2, 1)}
 
 
-def _rate(fn, batch: int, repeats: int) -> float:
+def _rate(fn, batch: int, repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        wait_for(device)
         t = time.perf_counter()
         fn()
+        wait_for(device)
         times.append(time.perf_counter() - t)
     return batch / statistics.median(times)
 
 
-def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: int = 3, channels_last: bool = True, amp: bool = True) -> dict:
-    """params, macs, and median inference and train-step samples/s at this batch size, on CPU as fgbg runs them."""
+def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: int = 3, channels_last: bool = True, amp: bool = True,
+                  device: str | None = None) -> dict:
+    """params, macs, and median inference and train-step samples/s at this batch size, as fgbg runs them on the
+    device (by default the GPU if there is one, else the CPU)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = UNet(width=width)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, size)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cpu = torch.device("cpu")
-    batch_ = prepare_batch(random_batch(batch, size), cpu, channels_last)
-    step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), cpu, amp=amp)
+    batch_ = prepare_batch(random_batch(batch, size), device, channels_last)
+    step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), device, amp=amp)
 
     def infer():
         with torch.no_grad():  # float32, as evaluate and predict run
             model(batch_["fg_bg"], batch_["bg"])
 
     model.eval()
-    inference = _rate(infer, batch, repeats)
+    inference = _rate(infer, batch, repeats, device)
     model.train()
-    training = _rate(lambda: step(batch_), batch, repeats)
+    training = _rate(lambda: step(batch_), batch, repeats, device)
     return {
         "width": width,
         "size": size,
@@ -75,6 +80,7 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
         "macs": macs,
         "inference_samples_per_s": round(inference, 2),
         "train_samples_per_s": round(training, 2),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "train_precision": str(step.dtype or torch.float32).removeprefix("torch."),
     }

@@ -20,6 +20,12 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def wait_for(device: torch.device) -> None:
+    """Block until the device has done what was queued on it (a GPU runs behind the host; a CPU never does)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
     """The autocast dtype of a training step on this device, or None to stay float32."""
     if not amp:

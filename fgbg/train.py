@@ -30,7 +30,7 @@ from .metrics import SetMetrics
 from .model import UNet
 from .profiling import RunProfiler
 from .report import append_history, write_report
-from .step import TrainStep
+from .step import TrainStep, wait_for
 
 
 def build_model(cfg: Config) -> UNet:
@@ -156,8 +156,7 @@ def train_func_per_worker(loop_config: dict) -> None:
             startup.setdefault("first_batch", time.time())
             parts = train_step(prepare_batch(batch, device, cfg.channels_last, augment_rng))
             if "first_step" not in startup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)  # the mark is the step done, not the step queued
+                wait_for(device)  # the mark is the step done, not the step queued
                 startup["first_step"] = time.time()
                 if rank == 0 and not checkpoint:
                     took = startup_parts(startup)

@@ -1,6 +1,7 @@
 """fgbg's training step: the precision and memory format it picks, and that it learns as the plain step does."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -107,3 +108,14 @@ def test_a_step_and_its_metrics_never_read_a_value_back_from_the_device(monkeypa
     monkeypatch.undo()
     assert set(parts) == {"loss", "loss_mask", "loss_depth_ssim", "loss_depth_l1"}
     assert SetMetrics.compute(metrics.sums)["loss"] == pytest.approx(parts["loss"].item())
+
+
+def test_fgbg_profile_measures_the_training_step_on_this_machine(capsys):
+    from fgbg.cli import main
+
+    assert main(["profile", "--width", "0.25", "--size", "32", "--batch", "2", "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["params"] == sum(p.numel() for p in UNet(width=0.25).parameters()) and r["macs"] > 0
+    assert r["inference_samples_per_s"] > 0 and r["train_samples_per_s"] > 0
+    if not torch.cuda.is_available():
+        assert r["device"] == "cpu" and r["train_precision"] == str(amp_dtype(CPU) or torch.float32).removeprefix("torch.")
