@@ -72,7 +72,7 @@ def fgbg_step(model: torch.nn.Module, device: torch.device, channels_last: bool,
 
 
 def variants(device: torch.device, include_compile: bool) -> dict:
-    """name → (a model on the device → (step, prepare))."""
+    """name → a function that moves a model to the device and gives its (step, prepare)."""
     cfg = Config()
     out = {
         "plain eager NCHW fp32": lambda m: plain_step(m.to(device), device),
