@@ -31,7 +31,7 @@ from fgbg.losses import MaskDepthLoss  # noqa: E402
 from fgbg.reader import decode_table  # noqa: E402
 from fgbg.report import read_history  # noqa: E402
 from fgbg.batch import prepare_batch  # noqa: E402
-from fgbg.step import TrainStep, wait_for  # noqa: E402
+from fgbg.step import TrainStep, default_device, wait_for  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 from fgbg.train import build_model  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of both (the Ray worker's CPUs)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when there is a GPU, else cpu")
+    ap.add_argument("--device", default=default_device().type, help="cuda when there is a GPU, else cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
 

@@ -28,7 +28,7 @@ from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import count_macs, random_batch
 from fgbg.batch import prepare_batch
-from fgbg.step import TrainStep, wait_for
+from fgbg.step import TrainStep, default_device, wait_for
 
 OUT = Path(__file__).parent / "out"
 
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when there is a GPU, else cpu")
+    ap.add_argument("--device", default=default_device().type, help="cuda when there is a GPU, else cpu")
     ap.add_argument("--compile", action="store_true", help="also time fgbg's step under torch.compile (a minute or more to compile)")
     ap.add_argument("--check", action="store_true", help="also train the plain and the fgbg step on the same data and compare IoU")
     ap.add_argument("--check-size", type=int, default=64)

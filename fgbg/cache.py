@@ -65,7 +65,7 @@ def _read_shard(batch: dict, shuffle: bool) -> dict:
 def build(table: pa.Table, config: IngestConfig, folder: str) -> list[str]:
     """Decode the split into shards under `folder` with Ray Data (in parallel); the shard paths."""
     ds = manifest_blocks(table.take(np.random.default_rng(0).permutation(table.num_rows)), config)
-    written = ds.map_batches(_write_shard, batch_size=max(1, config.rows_per_block), batch_format="numpy",
+    written = ds.map_batches(_write_shard, batch_size=config.block_rows, batch_format="numpy",
                              fn_kwargs={"folder": folder, "config": config}).take_all()
     return [str(row["path"]) for row in written]
 

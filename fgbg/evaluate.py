@@ -14,6 +14,7 @@ from . import storage
 from .config import Config
 from .errors import FgbgError
 from .pictures import plasma, png_bytes, result_grid
+from .step import default_device
 from .train import build_model, find_checkpoints
 
 
@@ -52,7 +53,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
 
     if split not in ("test", "all"):
         raise FgbgError(f"--split must be test or all, not {split!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, cfg, ckpt = load_model(checkpoint, device)
     manifest = load_manifest(data)
     if manifest.problems and on_bad == "error":

@@ -27,10 +27,15 @@ class IngestConfig:
     on_bad: str = "error"  # or "skip": drop the sample and count it
     rows_per_block: int = 256  # manifest rows per Ray Data block: the unit of parallel decoding (256 measured best, docs/benchmarks.md)
 
+    @property
+    def block_rows(self) -> int:
+        """rows_per_block, at least 1: the batch size of the decoding tasks."""
+        return max(1, self.rows_per_block)
+
 
 def manifest_blocks(table: pa.Table, config: IngestConfig) -> ray.data.Dataset:
     """The manifest rows as a Ray Dataset of `rows_per_block`-row blocks, set up for decoding tasks."""
-    n = max(1, config.rows_per_block)
+    n = config.block_rows
     ds = ray.data.from_arrow([table.slice(i, n) for i in range(0, table.num_rows, n)] or [table])
     # Ray Data reserves a share of the CPUs per operator; where a decode task is a large part of the
     # cluster (2 cores: half) that left one task running at a time. Decoding is the only operator
@@ -49,7 +54,7 @@ def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffl
         ds = ds.random_shuffle()
     return ds.map_batches(
         decode_batch,
-        batch_size=max(1, config.rows_per_block),
+        batch_size=config.block_rows,
         batch_format="numpy",
         fn_kwargs={"size": config.size, "depth_size": config.depth_size, "on_bad": config.on_bad},
     )

@@ -45,7 +45,7 @@ class SetMetrics:
                 self.sums.new_full((), float(depth.numel())),
                 ((ratio < 1.25) & valid).double().sum(),
                 valid.double().sum(),
-                loss.double() * n if loss is not None else count * 0,
+                loss.double() * n if loss is not None else self.sums.new_zeros(()),
             ]
         )
 

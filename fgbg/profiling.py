@@ -16,7 +16,7 @@ import torch
 from .batch import prepare_batch
 from .losses import MaskDepthLoss
 from .model import UNet
-from .step import TrainStep, wait_for
+from .step import TrainStep, default_device, wait_for
 
 
 def count_macs(model: torch.nn.Module, size: int) -> int:
@@ -54,7 +54,7 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
                   device: str | None = None) -> dict:
     """params, macs, and median inference and train-step samples/s at this batch size, as fgbg runs them on the
     device (by default the GPU if there is one, else the CPU)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     model = UNet(width=width)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, size)

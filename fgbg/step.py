@@ -20,6 +20,11 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def default_device() -> torch.device:
+    """The GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def wait_for(device: torch.device) -> None:
     """Block until the device has done what was queued on it (a GPU runs behind the host; a CPU never does)."""
     if device.type == "cuda":
