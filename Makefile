@@ -23,6 +23,7 @@ demo: venv
 	$(BIN)/fgbg evaluate --checkpoint $(DEMO)/runs/demo --data $(DEMO)/data
 
 test: venv
+	$(BIN)/ruff check fgbg bench tests jobs
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
 
 bench: venv

@@ -28,8 +28,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     args = ap.parse_args()
 
-    from fgbg.sweep import sweep
     from fgbg.synth import SynthSpec, write_dataset
+    from fgbg.tune import sweep
 
     work = OUT / f"asha-{args.size}-{args.per_batch}"
     data = work / "data"

@@ -25,15 +25,15 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from fgbg.batch import prepare_batch  # noqa: E402
 from fgbg.config import Config  # noqa: E402
 from fgbg.layout import load_manifest  # noqa: E402
 from fgbg.losses import MaskDepthLoss  # noqa: E402
+from fgbg.model import build_model  # noqa: E402
 from fgbg.reader import decode_table  # noqa: E402
 from fgbg.report import read_history  # noqa: E402
-from fgbg.batch import prepare_batch  # noqa: E402
 from fgbg.step import TrainStep, default_device, wait_for  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
-from fgbg.train import build_model  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 

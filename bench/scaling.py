@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from fgbg.report import read_history  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
+
 from loopback import LoopbackCluster  # noqa: E402
 
 OUT = Path(__file__).parent / "out"

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from fgbg.batch import prepare_batch
 from fgbg.config import Config
 from fgbg.losses import MaskDepthLoss
 from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import count_macs, random_batch
-from fgbg.batch import prepare_batch
 from fgbg.step import TrainStep, default_device, wait_for
 
 OUT = Path(__file__).parent / "out"

@@ -146,16 +146,16 @@ def write_naive_set(root: Path, batches: int, per_batch: int, size: int, seed: i
     return root
 
 
-def difference_baseline(root: Path, size: int, threshold: float = 0.1) -> float:
-    """Mean per-image IoU of |fg_bg − bg| > threshold: what no learning gives."""
+def difference_baseline(root: Path, size: int) -> float:
+    """Mean per-image IoU of the threshold rule (fgbg.metrics.threshold_mask) over a whole set: what no learning gives."""
+    import torch
+
     from fgbg.layout import load_manifest
+    from fgbg.metrics import threshold_iou
     from fgbg.reader import decode_table
 
-    out = decode_table(load_manifest(root).with_paths(), size)
-    pred = np.abs(out["fg_bg"].astype(np.float32) - out["bg"]).mean(-1) / 255 > threshold
-    true = out["mask"][..., 0] >= 128
-    inter, union = (pred & true).sum((1, 2)), (pred | true).sum((1, 2))
-    return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
+    out = {k: torch.from_numpy(v) for k, v in decode_table(load_manifest(root).with_paths(), size).items()}
+    return threshold_iou(out["fg_bg"], out["bg"], out["mask"])
 
 
 def main() -> None:

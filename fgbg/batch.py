@@ -11,6 +11,15 @@ import torch
 IMAGES = ("fg_bg", "bg")
 
 
+def drop_bad(batch: dict) -> tuple[dict, int]:
+    """A batch without skipped samples and padding, and how many samples were skipped (numpy or torch)."""
+    bad = batch["bad"]
+    if not bad.any():
+        return {k: v for k, v in batch.items() if k != "bad"}, 0
+    keep = bad == 0
+    return {k: v[keep] for k, v in batch.items() if k != "bad"}, int((bad == 1).sum())
+
+
 def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None) -> dict:
     """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
 

@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from .config import Config
 from .errors import FgbgError
 
 
@@ -21,25 +22,20 @@ def _synth(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .checks import inspect_dataset
+    from .inspect import format_inspection, inspect_dataset
 
     report = inspect_dataset(args.data, decode=not args.quick, workers=args.workers, test_batches=args.test_batches, progress=not args.json)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        print(format_inspection(report))
     return 1 if report["problems"] else 0
 
 
 def _train(args) -> int:
-    from .config import Config
     from .train import fit
 
-    overrides = dict(
-        data=args.data, out=args.out, name=args.name, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-        size=args.size, width=args.width, lr=args.lr, on_bad=args.on_bad, train_samples=args.train_samples,
-        test_samples=args.test_samples, gpu=True if args.gpu else None, profile=args.profile, cache=args.cache,
-    )
+    overrides = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -65,7 +61,11 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
     else:
-        print(f"{r['samples']} samples ({r['split']}): IoU {r['iou']:.4f} (flattened {r['iou_flat']:.4f})  SSIM {r['ssim']:.4f}  RMSE {r['rmse']:.4f}  δ<1.25 {r['delta1']:.4f}")
+        print(f"{r['samples']} samples ({r['split']}): IoU {r['iou']:.4f} (flattened {r['iou_flat']:.4f})  "
+              f"SSIM {r['ssim']:.4f}  RMSE {r['rmse']:.4f}  δ<1.25 {r['delta1']:.4f}")
+        gain = r["iou"] - r["baseline_iou"]
+        print(f"  baseline |fg_bg − bg| > 0.1 on the same data: IoU {r['baseline_iou']:.4f} (the model is {abs(gain):.4f} "
+              f"{'above' if gain >= 0 else 'BELOW'} it)")
         print(f"  pictures: {r['pictures']}")
     return 0
 
@@ -109,7 +109,7 @@ def _compare(args) -> int:
 
 
 def _tune(args) -> int:
-    from .sweep import sweep
+    from .tune import sweep
 
     r = sweep(
         args.space, args.data, out=args.out, name=args.name, trials=args.trials, epochs=args.epochs, scheduler=args.scheduler,
@@ -123,29 +123,31 @@ def _tune(args) -> int:
     return 0
 
 
-def format_report(report: dict) -> str:
-    """The inspect report as a person reads it."""
-    lines = [f"{report['root']}: {report['samples']} samples in {len(report['batches'])} batches"]
-    split_of = {b: name for name, s in report["splits"].items() for b in s["batches"]}
-    for k, b in report["batches"].items():
-        lines.append(f"  batch {k:>3}  {b['source']:<24} {b['samples']:>7} samples  {b['backgrounds']:>4} backgrounds  {split_of.get(int(k), '')}")
-    lines.append("splits: " + ", ".join(f"{n} {s['samples']} samples (batches {s['batches']})" for n, s in report["splits"].items()))
-    if report["sizes"]:
-        lines.append("sizes: " + "; ".join(f"{k} " + ", ".join(f"{sz} ×{n}" for sz, n in c.items()) for k, c in report["sizes"].items()))
-    problems = report["problems"]
-    lines.append(f"problems: {len(problems) or 'none'}")
-    for p in problems[:200]:
-        lines.append(f"  {p['source']}: {p['member'] + ': ' if p['member'] else ''}{p['what']}")
-    if len(problems) > 200:
-        lines.append(f"  … and {len(problems) - 200} more (--json lists all)")
-    return "\n".join(lines)
-
-
 def _batches(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected batch numbers like 10 or 9,10, not {text!r}") from None
+
+
+# the config keys `fgbg train` takes as flags (--batch-size for batch_size …); every other key goes through --set
+TRAIN_FLAGS = [
+    ("data", str, "dataset root: batch{K}_images.zip files or batch{K}/ folders, local or s3://"),
+    ("out", str, "where runs live; a run is OUT/NAME"),
+    ("name", str, "run name; the same name again resumes the run (default: from the time)"),
+    ("workers", int, "data-parallel workers; 0 trains in this process"),
+    ("gpu", bool, "one GPU per worker, mixed precision"),
+    ("epochs", int, "epochs to train"),
+    ("batch_size", int, "global batch size, split over the workers"),
+    ("size", int, "input side in pixels, a multiple of 16; depth is half"),
+    ("width", float, "width multiplier of every stage"),
+    ("lr", float, "peak learning rate"),
+    ("on_bad", ["error", "skip"], "on a bad sample: stop, naming it; or skip it and count it"),
+    ("train_samples", int, "train on the first N samples only"),
+    ("test_samples", int, "evaluate on the first N test samples only"),
+    ("cache", str, "folder (s3:// on a cluster) for decoded samples: decoded once, later epochs and runs read them"),
+    ("profile", ["cprofile", "torch", "memory"], "profile the run: cProfile per worker, a PyTorch profiler trace, or activation memory per layer"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,26 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_inspect)
 
     p = verbs.add_parser("train", help="train on Ray Train (a local cluster unless --address or RAY_ADDRESS)")
-    p.add_argument("--data", help="dataset root")
-    p.add_argument("--out", help="where runs live (default runs/); a run is OUT/NAME")
     p.add_argument("--config", help="YAML file of config keys (see fgbg/config.py); flags override it")
-    p.add_argument("--name", help="run name; the same name again resumes the run")
-    p.add_argument("--workers", type=int, help="data-parallel workers (default 1; 0 trains in this process)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker, mixed precision")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size, split over the workers")
-    p.add_argument("--size", type=int, help="input side in pixels, a multiple of 16 (default 160)")
-    p.add_argument("--width", type=float, help="width multiplier of every stage (default 1.0)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--on-bad", choices=["error", "skip"], help="on a bad sample: stop naming it (default), or skip and count it")
-    p.add_argument("--train-samples", type=int, help="train on the first N samples only")
-    p.add_argument("--test-samples", type=int, help="evaluate on the first N test samples only")
-    p.add_argument("--cache", help="folder (s3:// on a cluster) for decoded samples: decode once, later epochs and runs read them")
+    defaults = Config()
+    for key, kind, text in TRAIN_FLAGS:
+        flag = "--" + key.replace("_", "-")
+        default = getattr(defaults, key)
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        elif isinstance(kind, list):
+            p.add_argument(flag, choices=kind, help=f"{text} (default {default or 'off'})")
+        else:
+            shown = "" if "default" in text else f" (default {default if default not in ('', None) else 'none'})"
+            p.add_argument(flag, type=kind, help=text + shown)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set w_depth=2 (repeatable)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
-    p.add_argument("--profile", choices=["cprofile", "torch", "memory"],
-                   help="profile the run: cProfile per worker, a PyTorch profiler trace, or activation memory per layer (off by default)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own logs too")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     p.set_defaults(run=_train)
 
     p = verbs.add_parser("report", help="write (again) a run's report.md, curves.png and times.png; also while it runs")
@@ -199,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_report)
 
     p = verbs.add_parser("compare", help="two runs' last metrics and median times per epoch, side by side")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
+    p.add_argument("run_a", help="a run directory (OUT/NAME), local or a URI")
+    p.add_argument("run_b", help="another run directory")
     p.set_defaults(run=_compare)
 
     p = verbs.add_parser("tune", help="sweep loss weights, widths, batch size … with Ray Tune")
@@ -222,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="metrics and a picture grid of a checkpoint on a dataset")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
     p.add_argument("--data", required=True, help="dataset root (any dataset in the layout)")
-    p.add_argument("--split", choices=["test", "all"], default="test")
+    p.add_argument("--split", choices=["test", "all"], default="test", help="the test split (the last batch) or every sample (default test)")
     p.add_argument("--out", help="folder for metrics.json and results.png (default: evaluation/ beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--on-bad", choices=["error", "skip"], default="error")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per inference batch (default 32)")
+    p.add_argument("--on-bad", choices=["error", "skip"], default="error", help="on a bad sample: stop, naming it; or skip it and count it (default error)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.set_defaults(run=_evaluate)
@@ -238,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_predict)
 
     p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=160)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of every stage (default 1.0)")
+    p.add_argument("--size", type=int, default=160, help="input side in pixels (default 160)")
+    p.add_argument("--batch", type=int, default=8, help="samples per timed batch (default 8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_profile)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import yaml
@@ -10,8 +11,12 @@ import yaml
 from . import storage
 from .errors import FgbgError
 
-
 OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rmse and loss: give them negative weights
+
+
+# Keys added after runs were already written, with the value that reproduces those runs: a saved config
+# that lacks one (an older checkpoint, evaluated, predicted or resumed) gets this, not today's default.
+LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau"}
 
 
 @dataclass
@@ -28,8 +33,10 @@ class Config:
     width: float = 1.0  # multiplies every stage's width: 32-64-128-256-256 at 1.0
     widths: list[int] | None = None  # or set the five stage widths directly
     separate_decoders: bool = False  # give depth its own decoder (the original shares one)
-    # loss: w_mask·BCE(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
+    diff_input: bool = False  # |fg_bg − bg| as 3 more input channels (the original: only the 6 of the two images)
+    # loss: w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
     w_mask: float = 1.0
+    w_dice: float = 0.0
     w_depth: float = 1.0
     w_depth_l1: float = 0.0
     # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics
@@ -37,10 +44,13 @@ class Config:
     # optimisation
     epochs: int = 10
     batch_size: int = 32  # global: split evenly over the workers
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate
+    optimizer: str = "adam"  # or adamw (decoupled weight decay)
     weight_decay: float = 0.0
-    lr_factor: float = 0.8  # ReduceLROnPlateau on the test loss
-    lr_patience: int = 2
+    schedule: str = "plateau"  # plateau: cut by lr_factor when the test loss stalls (the original's); cosine: warm-up then cosine (fgbg/optim.py)
+    warmup_epochs: float = 1.0  # cosine: epochs of linear warm-up from lr/10
+    lr_factor: float = 0.8  # plateau: the cut
+    lr_patience: int = 2  # plateau: epochs without a better test loss before a cut
     seed: int = 0
     channels_last: bool = True
     amp: bool = True  # mixed precision: bf16 on CPUs that compute it natively and on GPUs, else fp16 on GPU (fgbg/step.py)
@@ -73,8 +83,24 @@ class Config:
         unknown = set(self.objective) - OBJECTIVE_METRICS
         if unknown or not self.objective:
             raise FgbgError(f"objective weighs metrics among {sorted(OBJECTIVE_METRICS)}, not {sorted(unknown) or 'nothing'}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise FgbgError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise FgbgError(f"schedule must be plateau or cosine, not {self.schedule!r}")
         if self.widths is not None and len(self.widths) != 5:
             raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
+
+    def resolved(self) -> "Config":
+        """The config a run trains with, checked again: a name (from the time, if none), absolute paths, and for a run
+        written by an earlier fgbg that is being resumed, the LEGACY values of the keys its saved config lacks."""
+        name = self.name or time.strftime("run-%Y%m%d-%H%M%S")
+        values = {**self.to_dict(), "name": name, "out": storage.absolute(self.out),
+                  "data": storage.absolute(self.data) if self.data else "", "cache": storage.absolute(self.cache) if self.cache else ""}
+        saved = storage.join(values["out"], name, "config.yaml")
+        if storage.info(saved).is_file:
+            before = yaml.safe_load(storage.read_bytes(saved)) or {}
+            values.update({k: v for k, v in LEGACY.items() if k not in before})
+        return Config.from_dict(values)
 
     @property
     def run_dir(self) -> str:
@@ -95,15 +121,20 @@ class Config:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | None = None, **overrides) -> "Config":
-        """The config from a YAML file (or the defaults), with the overrides that are not None on top."""
-        values: dict = {}
+    def load(cls, path: str | None = None, saved: bool = False, **overrides) -> "Config":
+        """The config from a YAML file (or the defaults), with the overrides that are not None on top.
+
+        saved: the file is a run's or checkpoint's config, perhaps written by an earlier fgbg: keys it
+        lacks take the LEGACY values that reproduce how it trained, not today's defaults.
+        """
+        values: dict = dict(LEGACY) if saved else {}
         if path:
             try:
-                values = yaml.safe_load(storage.read_bytes(path)) or {}
+                loaded = yaml.safe_load(storage.read_bytes(path)) or {}
             except (OSError, yaml.YAMLError) as e:
                 raise FgbgError(f"{path}: cannot read the config ({e})") from None
-            if not isinstance(values, dict):
-                raise FgbgError(f"{path}: expected a mapping of config keys, found {type(values).__name__}")
+            if not isinstance(loaded, dict):
+                raise FgbgError(f"{path}: expected a mapping of config keys, found {type(loaded).__name__}")
+            values.update(loaded)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values, source=path or "config")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +11,11 @@ import torch
 from PIL import Image
 
 from . import storage
-from .config import Config
-from .errors import FgbgError
+from .checkpoints import load_model
+from .errors import FgbgError, find_bad_sample
 from .pictures import plasma, png_bytes, result_grid
+from .report import HISTORY, append_evaluation, write_report
 from .step import default_device
-from .train import build_model, find_checkpoints
-
-
-def resolve_checkpoint(path) -> str:
-    """A checkpoint folder as given, or a run directory's best checkpoint (highest test IoU); local or a URI."""
-    path = storage.absolute(path)
-    if storage.info(storage.join(path, "model.pt")).is_file:
-        return path
-    found = find_checkpoints(path)
-    if found:
-        return max(found, key=lambda c: c[1]["iou"])[0]
-    raise FgbgError(f"{path}: not a checkpoint (expected a folder with model.pt, or a run directory with checkpoint_* folders)")
-
-
-def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, str]:
-    """The model of a checkpoint (weights only: nothing is unpickled), in eval mode, and its config."""
-    ckpt = resolve_checkpoint(checkpoint)
-    cfg = Config.load(storage.join(ckpt, "config.yaml"))
-    model = build_model(cfg)
-    weights = io.BytesIO(storage.read_bytes(storage.join(ckpt, "model.pt")))
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-    return model.to(device).eval(), cfg, ckpt
 
 
 def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 32, on_bad: str = "error", address=None) -> dict:
@@ -46,24 +25,24 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     """
     from tqdm import tqdm
 
-    from .ingest import IngestConfig, build_dataset
+    from .cluster import connect, quiet_ray_data
+    from .ingest import IngestConfig, samples_dataset
     from .layout import load_manifest
     from .metrics import SetMetrics
-    from .train import connect, evaluate_batches, quiet_ray_data
+    from .step import evaluate_batches
 
     if split not in ("test", "all"):
         raise FgbgError(f"--split must be test or all, not {split!r}")
     device = default_device()
     model, cfg, ckpt = load_model(checkpoint, device)
     manifest = load_manifest(data)
-    if manifest.problems and on_bad == "error":
-        raise FgbgError(f"{data}: {len(manifest.problems)} problem(s) in the dataset, first: {manifest.problems[0]} (run `fgbg inspect`, or use --on-bad skip)")
+    manifest.report_problems(on_bad)
     table = manifest.table if split == "all" else manifest.split()["test"]
     if table.num_rows == 0:
         raise FgbgError(f"{data}: no samples in the {split} split")
     connect(address)
     quiet_ray_data()
-    ds = build_dataset(manifest.with_paths(table), IngestConfig(size=cfg.size, on_bad=on_bad))
+    ds = samples_dataset(manifest.with_paths(table), IngestConfig(size=cfg.size, on_bad=on_bad))
     grid = {}
 
     def keep_grid(batch, mask_logits, depth):
@@ -71,15 +50,25 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
 
     batches = tqdm(ds.iter_torch_batches(batch_size=batch_size), total=-(-table.num_rows // batch_size), desc="evaluate",
                    unit="batch", disable=None)  # a bar on a terminal only
-    sums = evaluate_batches(model, batches, device, on_first=keep_grid).sums
+    try:
+        sums = evaluate_batches(model, batches, device, on_first=keep_grid).sums
+    except Exception as e:
+        bad = find_bad_sample(e)
+        if bad is None:
+            raise
+        raise FgbgError(f"{bad} (run `fgbg inspect`, or evaluate with --on-bad skip)") from None
     metrics = SetMetrics.compute(sums)
     metrics.pop("loss")
-    result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split}
-    out = storage.absolute(out) if out else storage.join(ckpt.rsplit("/", 1)[0], "evaluation")
+    run_dir = ckpt.rsplit("/", 1)[0]  # a checkpoint_* folder's run
+    out = storage.absolute(out) if out else storage.join(run_dir, "evaluations", time.strftime(f"%Y%m%d-%H%M%S-{split}"))
+    result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split, "out": out,
+              "pictures": storage.join(out, "results.png"), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     storage.write_bytes(storage.join(out, "metrics.json"), json.dumps(result, indent=2).encode())
     if grid:
         storage.write_bytes(storage.join(out, "results.png"), png_bytes(grid["image"]))
-    result["pictures"] = storage.join(out, "results.png")
+    if storage.info(storage.join(run_dir, HISTORY)).is_file:  # the run's report lists its evaluations
+        append_evaluation(run_dir, result)
+        write_report(run_dir)
     return result
 
 

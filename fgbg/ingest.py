@@ -3,7 +3,7 @@
 The manifest (four member paths per sample) is small, so it is what gets shuffled; the images are
 read and decoded to uint8 by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping
 its zips open and its decoded backgrounds. The result feeds `TorchTrainer(datasets=...)`; in the
-training loop, `drop_bad` removes samples skipped under `on_bad="skip"` and counts them, and
+training loop, `fgbg.batch.drop_bad` removes samples skipped under `on_bad="skip"` and counts them, and
 fgbg.batch makes float tensors of the rest (augmented for training) on the training device.
 """
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
-from .layout import Manifest
 from .reader import PAD, decode_batch
 
 
@@ -60,13 +59,14 @@ def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffl
     )
 
 
-def split_datasets(manifest: Manifest, config: IngestConfig = IngestConfig(), test_batches=None) -> dict[str, ray.data.Dataset]:
-    """{"train": shuffled, "test": in order} Ray Datasets; the last batch is the test set by default."""
-    return {
-        name: build_dataset(manifest.with_paths(table), config, shuffle=(name == "train"))
-        for name, table in manifest.split(test_batches).items()
-        if table.num_rows
-    }
+def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", shuffle: bool = False) -> ray.data.Dataset:
+    """The one way fgbg builds a dataset of decoded samples: from the decoded cache when one is given
+    (fgbg.cache, which decodes the split first if need be), else decoding the JPEGs as it is read."""
+    if cache:
+        from .cache import cached_dataset
+
+        return cached_dataset(table, config, cache, shuffle)
+    return build_dataset(table, config, shuffle)
 
 
 def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
@@ -80,12 +80,3 @@ def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
         return table
     pad = table.slice(0, 1).to_pylist()[0] | {"sample": PAD}
     return pa.concat_tables([table, pa.Table.from_pylist([pad] * extra, schema=table.schema)])
-
-
-def drop_bad(batch: dict) -> tuple[dict, int]:
-    """A batch without skipped samples and padding, and how many samples were skipped (numpy or torch)."""
-    bad = batch["bad"]
-    if not bad.any():
-        return {k: v for k, v in batch.items() if k != "bad"}, 0
-    keep = bad == 0
-    return {k: v[keep] for k, v in batch.items() if k != "bad"}, int((bad == 1).sum())

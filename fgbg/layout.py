@@ -183,6 +183,16 @@ class Manifest:
         """train/test tables; by default the last batch is the test set, the others train."""
         return split_table(self.table, test_batches)
 
+    def report_problems(self, on_bad: str = "error", shown: int = 10) -> None:
+        """The one policy for a dataset's problems: an error listing them, or with on_bad="skip" a notice; the first few named."""
+        if not self.problems:
+            return
+        lines = "\n  ".join(str(p) for p in self.problems[:shown])
+        more = f"\n  … and {len(self.problems) - shown} more" if len(self.problems) > shown else ""
+        if on_bad == "error":
+            raise FgbgError(f"{self.root}: {len(self.problems)} problem(s) in the dataset (run `fgbg inspect`, or use --on-bad skip):\n  {lines}{more}")
+        print(f"skipping {len(self.problems)} sample(s) or file(s) with problems found while indexing:\n  {lines}{more}", flush=True)
+
     def with_paths(self, table: pa.Table | None = None) -> pa.Table:
         """The table with `source` made absolute, ready for readers in other processes."""
         table = self.table if table is None else table

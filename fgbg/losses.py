@@ -1,4 +1,4 @@
-"""The composite loss: BCE on the mask logits, 1 − SSIM (and optionally L1) on the depth."""
+"""The composite loss: BCE (and optionally soft Dice) on the mask logits, 1 − SSIM (and optionally L1) on the depth."""
 
 from __future__ import annotations
 
@@ -16,17 +16,29 @@ def depth_ssim(depth, depth_true, reduction="elementwise_mean"):
     return ssim(depth, depth_true, data_range=1.0, kernel_size=ssim_kernel(min(depth.shape[-2:])), reduction=reduction)
 
 
-class MaskDepthLoss(torch.nn.Module):
-    """w_mask·BCE(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth); returns the total and its parts.
+def soft_dice_loss(mask_logits: torch.Tensor, mask_true: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 − soft Dice per image, averaged: a differentiable stand-in for 1 − IoU, on the probabilities.
 
-    SSIM is torchmetrics' with data_range 1 on depths in [0, 1], so no per-image renormalisation
-    is needed and no image is dropped for being all black. The parts are detached 0-d tensors on
-    the device, not floats: reading one waits for a GPU, so the training loop reads them only when it logs.
+    eps smooths images whose mask is empty (predicting nothing there costs nothing).
+    """
+    prob = torch.sigmoid(mask_logits.float()).flatten(1)
+    true = mask_true.float().flatten(1)
+    inter = (prob * true).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + true.sum(1) + eps)).mean()
+
+
+class MaskDepthLoss(torch.nn.Module):
+    """w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth).
+
+    Returns the total and its parts. SSIM is torchmetrics' with data_range 1 on depths in [0, 1],
+    so no per-image renormalisation is needed and no image is dropped for being all black. The
+    parts are detached 0-d tensors on the device, not floats: reading one waits for a GPU, so the
+    training loop reads them only when it logs.
     """
 
-    def __init__(self, w_mask: float = 1.0, w_depth: float = 1.0, w_depth_l1: float = 0.0):
+    def __init__(self, w_mask: float = 1.0, w_depth: float = 1.0, w_depth_l1: float = 0.0, w_dice: float = 0.0):
         super().__init__()
-        self.w_mask, self.w_depth, self.w_depth_l1 = w_mask, w_depth, w_depth_l1
+        self.w_mask, self.w_depth, self.w_depth_l1, self.w_dice = w_mask, w_depth, w_depth_l1, w_dice
 
     def forward(self, mask_logits, depth, mask_true, depth_true) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_true.float())
@@ -34,9 +46,17 @@ class MaskDepthLoss(torch.nn.Module):
         ssim_loss = 1 - depth_ssim(depth, depth_true)
         total = self.w_mask * bce + self.w_depth * ssim_loss
         parts = {"loss_mask": bce.detach(), "loss_depth_ssim": ssim_loss.detach()}
+        if self.w_dice:
+            dice = soft_dice_loss(mask_logits, mask_true)
+            total = total + self.w_dice * dice
+            parts["loss_mask_dice"] = dice.detach()
         if self.w_depth_l1:
             l1 = F.l1_loss(depth, depth_true)
             total = total + self.w_depth_l1 * l1
             parts["loss_depth_l1"] = l1.detach()
         parts["loss"] = total.detach()
         return total, parts
+
+    @classmethod
+    def from_config(cls, cfg) -> "MaskDepthLoss":
+        return cls(cfg.w_mask, cfg.w_depth, cfg.w_depth_l1, cfg.w_dice)

@@ -1,7 +1,8 @@
 """Evaluation metrics over a whole set, kept as sums so that workers can all-reduce them.
 
 Mask IoU at probability 0.5: the mean of per-image IoUs, and the IoU of the set flattened
-(the original's way). Depth: mean per-image SSIM (data_range 1), RMSE over all pixels, and the
+(the original's way); beside it, the mean IoU of the rule that needs no learning
+(`threshold_mask`). Depth: mean per-image SSIM (data_range 1), RMSE over all pixels, and the
 fraction of pixels with max(pred/true, true/pred) < 1.25 (pixels where the true depth is ≥ 1/255).
 """
 
@@ -11,7 +12,15 @@ import torch
 
 from .losses import depth_ssim
 
-FIELDS = ("images", "iou_sum", "inter", "union", "ssim_sum", "sq_err", "pixels", "delta_ok", "delta_pixels", "loss_sum")
+FIELDS = ("images", "iou_sum", "inter", "union", "ssim_sum", "sq_err", "pixels", "delta_ok", "delta_pixels", "loss_sum", "baseline_iou_sum")
+
+
+def per_image_iou(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """IoU of each image's boolean masks (N×…); an image where both are empty counts as perfect."""
+    pred, true = pred.flatten(1), true.flatten(1)
+    inter = (pred & true).sum(1).double()
+    union = (pred | true).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 class SetMetrics:
@@ -21,13 +30,14 @@ class SetMetrics:
         self.sums = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, mask_logits, depth, mask_true, depth_true, loss: torch.Tensor | None = None) -> None:
-        """Add a batch; loss is the batch's mean loss (a 0-d tensor). Nothing is read back from the device."""
+    def update(self, mask_logits, depth, mask_true, depth_true, loss: torch.Tensor | None = None, fg_bg=None, bg=None) -> None:
+        """Add a batch; loss is the batch's mean loss (a 0-d tensor); with the inputs fg_bg and bg, the threshold
+        rule's IoU is kept beside the model's. Nothing is read back from the device."""
         pred = (mask_logits.float() > 0).flatten(1)  # sigmoid(x) > 0.5
         true = mask_true.flatten(1) > 0.5
         inter = (pred & true).sum(1).double()
         union = (pred | true).sum(1).double()
-        per_image_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))  # both empty: perfect
+        ious = per_image_iou(pred, true)
         depth, depth_true = depth.float(), depth_true.float()
         per_image_ssim = depth_ssim(depth, depth_true, reduction="none")
         valid = depth_true >= 1 / 255
@@ -37,7 +47,7 @@ class SetMetrics:
         self.sums += torch.stack(
             [
                 count,
-                per_image_iou.sum(),
+                ious.sum(),
                 inter.sum(),
                 union.sum(),
                 per_image_ssim.double().sum(),
@@ -46,6 +56,7 @@ class SetMetrics:
                 ((ratio < 1.25) & valid).double().sum(),
                 valid.double().sum(),
                 loss.double() * n if loss is not None else self.sums.new_zeros(()),
+                per_image_iou(threshold_mask(fg_bg, bg), true).sum() if fg_bg is not None else self.sums.new_zeros(()),
             ]
         )
 
@@ -60,5 +71,21 @@ class SetMetrics:
             "rmse": (s["sq_err"] / max(s["pixels"], 1.0)) ** 0.5,
             "delta1": s["delta_ok"] / max(s["delta_pixels"], 1.0),
             "loss": s["loss_sum"] / images,
+            "baseline_iou": s["baseline_iou_sum"] / images,  # the threshold rule's (when the inputs were given)
             "samples": int(s["images"]),
         }
+
+
+def threshold_mask(fg_bg: torch.Tensor, bg: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """The rule that needs no learning: foreground where the largest absolute RGB difference exceeds threshold.
+
+    fg_bg and bg are N×3×H×W floats in [0, 1], or N×H×W×3 uint8 as decoded (then scaled to [0, 1]).
+    """
+    if fg_bg.dtype == torch.uint8:
+        fg_bg, bg = fg_bg.permute(0, 3, 1, 2).float() / 255, bg.permute(0, 3, 1, 2).float() / 255
+    return (fg_bg.float() - bg.float()).abs().amax(dim=1, keepdim=True) > threshold
+
+
+def threshold_iou(fg_bg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean per-image IoU of the threshold rule on decoded uint8 arrays (mask N×H×W×1, foreground ≥ 128)."""
+    return float(per_image_iou(threshold_mask(fg_bg, bg), mask >= 128).mean())

@@ -76,16 +76,20 @@ def stage_widths(width: float = 1.0, widths: tuple[int, ...] | None = None) -> t
 
 
 class UNet(nn.Module):
-    """Mask and depth from fg_bg and bg (6 input channels); image sides must be multiples of 16.
+    """Mask and depth from fg_bg and bg; image sides must be multiples of 16.
 
     width scales every stage (the sweep's "depthwise widths" knob); widths sets each stage;
-    separate_decoders gives depth its own decoder (the original shares one).
+    separate_decoders gives depth its own decoder (the original shares one); diff_input hands the
+    network the comparison it must otherwise learn: |fg_bg − bg| as 3 more input channels (the
+    original has only the 6 channels of the two images).
     """
 
-    def __init__(self, width: float = 1.0, widths: tuple[int, ...] | None = None, separate_decoders: bool = False):
+    def __init__(self, width: float = 1.0, widths: tuple[int, ...] | None = None, separate_decoders: bool = False,
+                 diff_input: bool = False):
         super().__init__()
         self.widths = w = stage_widths(width, widths)
-        self.inc = DoubleConv(6, w[0])
+        self.diff_input = diff_input
+        self.inc = DoubleConv(9 if diff_input else 6, w[0])
         self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:]))
         self.decoder = Decoder(w)
         self.depth_decoder = Decoder(w, to_full=False) if separate_decoders else None
@@ -93,10 +97,17 @@ class UNet(nn.Module):
         self.depth_head = nn.Conv2d(w[0], 1, 1)
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = [self.inc(torch.cat([fg_bg, bg], dim=1))]
+        images = [fg_bg, bg, (fg_bg - bg).abs()] if self.diff_input else [fg_bg, bg]
+        feats = [self.inc(torch.cat(images, dim=1))]
         for down in self.downs:
             feats.append(down(feats[-1]))
         full, half = self.decoder(feats)
         if self.depth_decoder is not None:
             _, half = self.depth_decoder(feats)
         return self.mask_head(full), torch.sigmoid(self.depth_head(half))
+
+
+def build_model(cfg) -> UNet:
+    """The UNet a Config describes (fgbg.config.Config: width, widths, separate_decoders, diff_input)."""
+    return UNet(width=cfg.width, widths=tuple(cfg.widths) if cfg.widths else None,
+                separate_decoders=cfg.separate_decoders, diff_input=cfg.diff_input)

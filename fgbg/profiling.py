@@ -119,7 +119,8 @@ class RunProfiler:
     def _record(self, name: str):
         def hook(module, inputs, output):
             tensors = [t for t in (output if isinstance(output, (tuple, list)) else (output,)) if torch.is_tensor(t)]
-            entry = self.records.setdefault(name, {"layer": name, "type": type(module).__name__, "shape": list(tensors[0].shape) if tensors else None, "bytes": 0})
+            entry = self.records.setdefault(
+                name, {"layer": name, "type": type(module).__name__, "shape": list(tensors[0].shape) if tensors else None, "bytes": 0})
             entry["bytes"] = max(entry["bytes"], sum(t.numel() * t.element_size() for t in tensors))
 
         return hook
@@ -166,5 +167,6 @@ class RunProfiler:
             doc = {"device": str(self.device), "activation_bytes": sum(r["bytes"] for r in layers), "peak_cuda_bytes": peak, "layers": layers}
             storage.write_bytes(storage.join(self.run_dir, "profile", "memory.json"), json.dumps(doc, indent=2).encode())
             top = "\n".join(f"  {r['bytes'] / 2**20:8.2f} MiB  {r['layer']} ({r['type']}, {r['shape']})" for r in layers[:10])
-            return f"activation memory per layer of one training batch per worker: profile/memory.json ({doc['activation_bytes'] / 2**20:.1f} MiB in all)\n{top}"
+            total = doc["activation_bytes"] / 2**20
+            return f"activation memory per layer of one training batch per worker: profile/memory.json ({total:.1f} MiB in all)\n{top}"
         return None

@@ -13,6 +13,7 @@ import io
 import os
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -42,21 +43,29 @@ def read_member(source: str, member: str) -> bytes:
         raise BadSample(source, member, f"unreadable ({e})") from None
 
 
-def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?", member: str = "?") -> np.ndarray:
-    """A JPEG decoded to uint8 H×W(×3) in mode 'RGB' or 'L', resized to size (w, h)."""
+@contextmanager
+def open_jpeg(data: bytes, source: str = "?", member: str = "?"):
+    """The one JPEG check: an image opened from bytes, and any failure in the block, decoding included,
+    raised as a BadSample naming the zip (or folder) and member."""
     try:
         img = Image.open(io.BytesIO(data))
         if img.format != "JPEG":
             raise BadSample(source, member, f"not a JPEG (found {img.format})")
+        yield img
+    except BadSample:
+        raise
+    except Exception as e:  # PIL raises many kinds for broken or truncated files
+        raise BadSample(source, member, f"undecodable or truncated JPEG ({e})") from None
+
+
+def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?", member: str = "?") -> np.ndarray:
+    """A JPEG decoded to uint8 H×W(×3) in mode 'RGB' or 'L', resized to size (w, h)."""
+    with open_jpeg(data, source, member) as img:
         img.draft(mode, size)  # let libjpeg decode at a reduced scale when much smaller is wanted
         img = img.convert(mode)
         if img.size != size:
             img = img.resize(size, Image.BILINEAR)
         return np.asarray(img)
-    except BadSample:
-        raise
-    except Exception as e:  # PIL raises many kinds for broken or truncated files
-        raise BadSample(source, member, f"undecodable or truncated JPEG ({e})") from None
 
 
 def _background(source: str, member: str, size: int) -> np.ndarray:
@@ -93,7 +102,7 @@ def decode_batch(
     """A batch of manifest rows to stacked uint8 arrays, plus `bad`: 1 where a sample was skipped, 2 for padding.
 
     on_bad="error" raises BadSample naming the zip and member; "skip" zero-fills the sample and
-    marks it bad, so that the consumer drops it and counts it (fgbg.ingest.drop_bad).
+    marks it bad, so that the consumer drops it and counts it (fgbg.batch.drop_bad).
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")

@@ -16,6 +16,7 @@ from .config import Config
 from .errors import FgbgError
 
 HISTORY = "history.jsonl"
+EVALUATIONS = "evaluations.jsonl"  # one line per `fgbg evaluate` of the run's checkpoints
 _TIMES = (("time_compute", "compute"), ("time_data", "waiting for data"), ("time_other", "other"))
 _TEST = [("iou", "IoU", ".4f"), ("iou_flat", "IoU (flat)", ".4f"), ("ssim", "SSIM", ".4f"), ("rmse", "RMSE", ".4f"), ("delta1", "δ<1.25", ".4f")]
 
@@ -35,12 +36,19 @@ def read_history(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _evaluation(run_dir: str) -> dict | None:
-    """The latest `fgbg evaluate` of one of the run's checkpoints (written beside them), if any."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(run_dir, "evaluation", "metrics.json")))
-    except (OSError, ValueError):
-        return None
+def append_evaluation(run_dir: str, result: dict) -> None:
+    """Record an `fgbg evaluate` of one of the run's checkpoints in the run's list of evaluations."""
+    path = storage.join(run_dir, EVALUATIONS)
+    before = storage.read_bytes(path) if storage.info(path).is_file else b""
+    storage.write_bytes(path, before + (json.dumps(result) + "\n").encode())
+
+
+def read_evaluations(run_dir: str) -> list[dict]:
+    """Every `fgbg evaluate` of the run's checkpoints, latest first (an older run's single evaluation/ folder too)."""
+    for path in (storage.join(run_dir, EVALUATIONS), storage.join(run_dir, "evaluation", "metrics.json")):
+        if storage.info(path).is_file:
+            return [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()][::-1]
+    return []
 
 
 def _plots(history: list[dict]) -> dict[str, bytes]:
@@ -89,24 +97,25 @@ def _png(fig, plt) -> bytes:
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---:|" * len(columns)]
     for row in rows:
-        cells = [format(row[key], fmt) if isinstance(row.get(key), (int, float)) else "" for key, _, fmt in columns]
+        cells = [format(row[key], fmt) if isinstance(row.get(key), (int, float)) else str(row.get(key, "")) for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def write_report(run_dir) -> str:
     """Write report.md, curves.png and times.png into the run directory; returns report.md's path."""
+    from .model import build_model
     from .profiling import count_macs
-    from .train import build_model
 
     run_dir = storage.absolute(run_dir)
     history = read_history(run_dir)
-    cfg = Config.load(storage.join(run_dir, "config.yaml"))
+    cfg = Config.load(storage.join(run_dir, "config.yaml"), saved=True)
     model = build_model(cfg)
     params, macs = sum(p.numel() for p in model.parameters()), count_macs(model, cfg.size)
     last = history[-1]
     columns = [("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f")]
-    columns += [(f"train_{k}", k.replace("_", " "), ".4f") for k in ("loss_mask", "loss_depth_ssim", "loss_depth_l1") if f"train_{k}" in last]
+    columns += [(f"train_{k}", k.replace("_", " "), ".4f") for k in ("loss_mask", "loss_mask_dice", "loss_depth_ssim", "loss_depth_l1")
+                if f"train_{k}" in last]
     columns += [("loss", "test loss", ".4f"), *_TEST, ("lr", "lr", ".2e"), ("samples_per_s", "samples/s", ".1f"),
                 ("time_compute", "compute s", ".1f"), ("time_data", "data wait s", ".1f"), ("time_other", "other s", ".1f")]
     totals = {key: sum(m.get(key, 0.0) for m in history) for key, _ in _TIMES}
@@ -119,11 +128,15 @@ def write_report(run_dir) -> str:
     lines += [f"- {label}: {totals[key]:.1f} s ({100 * totals[key] / whole:.0f}%)" for key, label in _TIMES]
     lines += [f"- throughput: {last.get('samples_per_s', 0.0):.1f} samples/s in the last epoch, "
               f"{max(m.get('samples_per_s', 0.0) for m in history):.1f} at best", ""]
-    evaluation = _evaluation(run_dir)
-    lines += ["## Final evaluation", ""]
-    if evaluation:
-        lines += [f"`fgbg evaluate` of `{evaluation['checkpoint']}` on {evaluation['samples']} samples ({evaluation['split']} split of `{evaluation['data']}`):", ""]
-        lines += [*_table([evaluation], _TEST), "", "![results](evaluation/results.png)", ""]
+    evaluations = read_evaluations(run_dir)
+    lines += ["## Evaluations", ""]
+    if evaluations:
+        lines += ["Every `fgbg evaluate` of this run's checkpoints, latest first; baseline: the IoU of |fg_bg − bg| > 0.1 on the same data.", ""]
+        rows = [{**e, "where": f"{e['split']} split of `{e['data']}`", "folder": f"`{e.get('out', '')}`"} for e in evaluations]
+        lines += [*_table(rows, [("where", "data", "s"), ("samples", "samples", "d"), *_TEST[:1], ("baseline_iou", "baseline IoU", ".4f"),
+                                 *_TEST[1:], ("folder", "folder", "s")]), ""]
+        latest = evaluations[0].get("pictures", "")
+        lines += [f"![latest evaluation]({latest.removeprefix(run_dir + '/')})", ""] if latest else []
     else:
         lines += [f"No `fgbg evaluate` yet; the last epoch's test metrics: IoU {last['iou']:.4f}, SSIM {last['ssim']:.4f}, "
                   f"RMSE {last['rmse']:.4f}. Best IoU {last.get('best_iou', last['iou']):.4f}.", ""]

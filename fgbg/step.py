@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from .batch import drop_bad, prepare_batch
+from .metrics import SetMetrics
+
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN's own check)."""
@@ -64,3 +67,26 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return parts
+
+
+def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss_fn=None, channels_last: bool = False,
+                     on_first=None) -> SetMetrics:
+    """Metric sums of a model over an iterable of decoded batches (bad samples and padding dropped).
+
+    on_first(batch, mask_logits, depth) sees the first non-empty batch (for a picture grid).
+    """
+    metrics = SetMetrics(device)
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            batch, _ = drop_bad(batch)
+            if len(batch["fg_bg"]) == 0:
+                continue
+            batch = prepare_batch(batch, device, channels_last)
+            mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+            loss = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])[1]["loss"] if loss_fn else None
+            metrics.update(mask_logits, depth, batch["mask"], batch["depth"], loss, batch["fg_bg"], batch["bg"])
+            if on_first is not None:
+                on_first(batch, mask_logits, depth)
+                on_first = None
+    return metrics

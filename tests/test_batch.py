@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from test_reader import _rows
 
 from fgbg.batch import prepare_batch
 from fgbg.reader import decode_batch
-from test_reader import _rows
+
 from original import write_original
 
 CPU = torch.device("cpu")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fgbg.checkpoints import find as find_checkpoints
 from fgbg.synth import SynthSpec, write_dataset
-from fgbg.train import find_checkpoints
+
 from loopback import LoopbackCluster, fake_autoscaling_config, free_port, registered_epoch
 
 CLUSTER_YAML = Path(__file__).parents[1] / "cluster.yaml"

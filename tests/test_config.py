@@ -1,6 +1,6 @@
 import pytest
 
-from fgbg.config import Config
+from fgbg.config import LEGACY, Config
 from fgbg.errors import FgbgError
 
 
@@ -23,6 +23,8 @@ def test_yaml_then_flags_override(tmp_path):
         ("on_bad: ignore\n", "on_bad must be"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("widths: [1, 2]\n", "5 stage widths"),
+        ("schedule: step\n", "schedule must be"),
+        ("optimizer: sgd\n", "optimizer must be"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, match):
@@ -30,3 +32,24 @@ def test_bad_configs_name_the_problem(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(FgbgError, match=match):
         Config.load(str(path))
+
+
+def test_a_saved_config_from_before_a_key_existed_keeps_how_it_trained(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("width: 0.5\n")  # written by an fgbg without diff_input, w_dice, optimizer, schedule
+    saved = Config.load(str(old), saved=True)
+    assert {k: getattr(saved, k) for k in LEGACY} == LEGACY
+    assert Config.load(str(old)).width == 0.5  # a user's own file takes today's defaults
+    new = tmp_path / "new.yaml"
+    new.write_text(Config(diff_input=True, schedule="cosine").to_yaml())
+    assert Config.load(str(new), saved=True).diff_input is True
+
+
+def test_resolved_names_the_run_makes_paths_absolute_and_resumes_old_runs_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config(data="data", out="runs", diff_input=True, schedule="cosine").resolved()
+    assert cfg.name.startswith("run-") and cfg.out == str(tmp_path / "runs") and cfg.data == str(tmp_path / "data")
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "config.yaml").write_text("width: 1.0\nepochs: 2\n")  # an earlier fgbg's run
+    resumed = Config(out="runs", name="old", diff_input=True, schedule="cosine", epochs=4).resolved()
+    assert (resumed.diff_input, resumed.schedule, resumed.epochs) == (False, "plateau", 4)

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgbg.ingest import IngestConfig, build_dataset, drop_bad, split_datasets
+from fgbg.batch import drop_bad
+from fgbg.ingest import IngestConfig, build_dataset, samples_dataset
 from fgbg.layout import load_manifest
 from fgbg.reader import decode_batch
+
 from original import rewrite_zip, write_original
 
 
@@ -48,15 +50,15 @@ def _collect(batches):
 def test_train_split_is_shuffled_every_epoch_and_ready_for_torch(ray_cluster, synth_data):
     import torch
 
-    datasets = split_datasets(load_manifest(synth_data), IngestConfig(size=32, rows_per_block=4))
-    assert set(datasets) == {"train", "test"}
-    batches = list(datasets["train"].iter_torch_batches(batch_size=8))
+    manifest = load_manifest(synth_data)
+    train = samples_dataset(manifest.with_paths(manifest.split()["train"]), IngestConfig(size=32, rows_per_block=4), shuffle=True)
+    batches = list(train.iter_torch_batches(batch_size=8))
     assert sum(len(b["fg_bg"]) for b in batches) == 24
     b = batches[0]
     assert b["fg_bg"].dtype == torch.uint8 and tuple(b["fg_bg"].shape[1:]) == (32, 32, 3)
     assert tuple(b["depth"].shape[1:]) == (16, 16, 1)
     # the same samples in another order in the next epoch
-    again = list(datasets["train"].iter_torch_batches(batch_size=8))
+    again = list(train.iter_torch_batches(batch_size=8))
     first, second = torch.cat([x["fg_bg"] for x in batches]), torch.cat([x["fg_bg"] for x in again])
     assert not torch.equal(first, second)
     assert sorted(first.flatten(1).sum(1).tolist()) == sorted(second.flatten(1).sum(1).tolist())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fgbg.cli import main
+
 from original import jpeg, rewrite_zip, write_original
 
 
@@ -77,7 +78,8 @@ def test_human_report_and_user_errors_through_the_installed_command(tmp_path, sy
 
 @pytest.mark.parametrize("fmt", ["zip", "dir"])
 def test_synth_then_inspect(tmp_path, capsys, fmt):
-    assert main(["synth", "--out", str(tmp_path / fmt), "--batches", "2", "--per-batch", "10", "--size", "32", "--format", fmt, "--workers", "0", "--quiet"]) == 0
+    args = ["--batches", "2", "--per-batch", "10", "--size", "32", "--format", fmt, "--workers", "0", "--quiet"]
+    assert main(["synth", "--out", str(tmp_path / fmt), *args]) == 0
     capsys.readouterr()
     code, r = _inspect(capsys, tmp_path / fmt)
     assert code == 0 and r["samples"] == 20 and r["sizes"]["depth"] == {"16x16": 20}

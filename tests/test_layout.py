@@ -5,6 +5,7 @@ import pytest
 
 from fgbg.errors import FgbgError
 from fgbg.layout import MANIFEST_NAME, find_batches, load_manifest
+
 from original import jpeg, rewrite_zip, write_original
 
 

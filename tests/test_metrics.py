@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fgbg.losses import MaskDepthLoss
-from fgbg.metrics import SetMetrics
+from fgbg.losses import MaskDepthLoss, soft_dice_loss
+from fgbg.metrics import SetMetrics, threshold_iou, threshold_mask
 
 
 def _logits(mask):
@@ -73,3 +73,36 @@ def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
     parts = {k: v.item() for k, v in parts.items()}
     assert total.item() == pytest.approx(parts["loss_mask"] + parts["loss_depth_ssim"], rel=1e-5)
     assert parts["loss_depth_ssim"] > 0.5 and "loss_depth_l1" not in parts
+
+
+def test_soft_dice_by_hand():
+    # 4×4: true foreground is the top row (4 pixels); the prediction is certain on 2 of them and on 2 others
+    true = torch.zeros(1, 1, 4, 4)
+    true[0, 0, 0, :] = 1
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0, :2] = 1
+    pred[0, 0, 1, :2] = 1
+    logits = torch.where(pred > 0, 50.0, -50.0)
+    assert soft_dice_loss(logits, true, eps=0).item() == pytest.approx(1 - 2 * 2 / (4 + 4))
+    assert soft_dice_loss(torch.where(true > 0, 50.0, -50.0), true).item() == pytest.approx(0.0, abs=1e-6)
+    # an empty mask predicted empty costs nothing; the loss's part and total follow its weight
+    assert soft_dice_loss(torch.full((1, 1, 4, 4), -50.0), torch.zeros(1, 1, 4, 4)).item() == pytest.approx(0.0, abs=1e-6)
+    depth = torch.rand(1, 1, 12, 12)
+    total, parts = MaskDepthLoss(w_mask=0.0, w_depth=0.0, w_dice=2.0)(logits, depth, true, depth)
+    assert parts["loss_mask_dice"].item() == pytest.approx(soft_dice_loss(logits, true).item())
+    assert total.item() == pytest.approx(2 * parts["loss_mask_dice"].item())
+
+
+def test_threshold_rule_on_a_known_pair():
+    # bg grey; fg_bg differs by 0.2 in one channel at 3 pixels and by 0.05 (below 0.1) at a fourth
+    bg = torch.full((1, 3, 4, 4), 0.5)
+    fg_bg = bg.clone()
+    fg_bg[0, 1, 0, :3] = 0.7  # largest channel difference 0.2: foreground
+    fg_bg[0, :, 3, 3] = 0.55  # 0.05 everywhere: background
+    pred = threshold_mask(fg_bg, bg)
+    assert pred.shape == (1, 1, 4, 4) and pred.sum() == 3 and pred[0, 0, 0, :3].all()
+    # on decoded uint8 arrays (N×H×W×C), against a true mask of 4 pixels (the top row): IoU 3/4
+    as_uint8 = lambda x: (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # noqa: E731
+    mask = torch.zeros(1, 4, 4, 1, dtype=torch.uint8)
+    mask[0, 0, :, 0] = 255
+    assert threshold_iou(as_uint8(fg_bg), as_uint8(bg), mask) == pytest.approx(3 / 4)

@@ -6,7 +6,8 @@ from fgbg.profiling import count_macs
 
 
 @pytest.mark.parametrize("size", [32, 64, 96])
-@pytest.mark.parametrize("kw", [{}, {"width": 0.25}, {"widths": (8, 8, 16, 16, 24)}, {"width": 0.25, "separate_decoders": True}])
+@pytest.mark.parametrize("kw", [{}, {"width": 0.25}, {"widths": (8, 8, 16, 16, 24)}, {"width": 0.25, "separate_decoders": True},
+                                {"width": 0.25, "diff_input": True}])
 def test_output_shapes(size, kw):
     model = UNet(**kw)
     x = torch.rand(2, 3, size, size)
@@ -45,3 +46,21 @@ def test_channels_last_gives_the_same_outputs():
     out = cl(x.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
     for a, c in zip(ref, out):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+
+
+def test_diff_input_adds_three_input_channels_and_sees_the_difference():
+    plain, diff = UNet(width=0.25), UNet(width=0.25, diff_input=True)
+    assert plain.inc[0][0].in_channels == 6 and diff.inc[0][0].in_channels == 9
+    # only the first depthwise and pointwise convolutions grow: 3 depthwise filters of 9, and 3 inputs per pointwise output
+    extra = sum(p.numel() for p in diff.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 3 * 9 + 3 * 2 + 3 * diff.widths[0]  # depthwise 3×3 weights, their BatchNorm, pointwise weights
+    params = sum(p.numel() for p in UNet(diff_input=True).parameters())
+    assert params <= 900_000 and count_macs(UNet(diff_input=True), 160) <= 1.0e9  # the default's budget
+
+
+def test_build_model_follows_the_config():
+    from fgbg.config import Config
+    from fgbg.model import build_model
+
+    model = build_model(Config(width=0.5, separate_decoders=True, diff_input=True))
+    assert model.widths == stage_widths(0.5) and model.depth_decoder is not None and model.diff_input

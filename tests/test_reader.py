@@ -4,6 +4,7 @@ import pytest
 from fgbg.errors import BadSample
 from fgbg.layout import load_manifest
 from fgbg.reader import decode_batch
+
 from original import rewrite_zip, write_original
 
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from fgbg.batch import prepare_batch
 from fgbg.losses import MaskDepthLoss
 from fgbg.metrics import SetMetrics
 from fgbg.model import UNet
 from fgbg.profiling import random_batch
-from fgbg.batch import prepare_batch
 from fgbg.step import TrainStep, amp_dtype, cpu_has_bf16
 
 CPU = torch.device("cpu")
@@ -72,7 +72,11 @@ def test_the_fast_step_follows_the_plain_float32_step():
         batch = prepare_batch(random_batch(8, 32), CPU, channels_last)
         losses[name] = torch.stack([step(batch)["loss"] for _ in range(10)])
     assert losses["plain"][-1] < losses["plain"][0]  # it learns: a comparison of two stuck runs would say nothing
-    assert torch.allclose(losses["fgbg"], losses["plain"], rtol=0.03), losses
+    assert torch.allclose(losses["fgbg"][0], losses["plain"][0], rtol=0.005), losses  # the first forward pass, to bfloat16's precision
+    # then bfloat16's rounding moves the path a little each step (3.1% apart after 10 steps on an Intel Xeon, under 3% on an AMD EPYC)
+    assert torch.allclose(losses["fgbg"], losses["plain"], rtol=0.05), losses
+    drop = {name: (loss[0] - loss[-1]).item() for name, loss in losses.items()}
+    assert drop["fgbg"] >= 0.7 * drop["plain"], losses  # and it learns at about the plain step's pace
 
 
 def test_a_step_and_its_metrics_never_read_a_value_back_from_the_device(monkeypatch):

@@ -14,13 +14,14 @@ import pytest
 import yaml
 
 from fgbg import storage
-from fgbg.checks import inspect_dataset
+from fgbg.checkpoints import find as find_checkpoints
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.evaluate import evaluate
+from fgbg.inspect import inspect_dataset
 from fgbg.layout import MANIFEST_NAME, load_manifest
-from fgbg.sweep import sweep
-from fgbg.train import find_checkpoints, fit
+from fgbg.train import fit
+from fgbg.tune import sweep
 
 BUCKET = "fgbg-test"
 
@@ -73,8 +74,10 @@ def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_t
 
     result = evaluate(run, s3_data)
     assert result["checkpoint"].startswith(f"{run}/checkpoint_") and result["samples"] == 24
-    stored = json.loads(storage.read_bytes(f"{run}/evaluation/metrics.json"))
-    assert stored["iou"] == result["iou"] and storage.info(f"{run}/evaluation/results.png").size > 0
+    assert result["out"].startswith(f"{run}/evaluations/")  # each evaluation in its own folder of the run
+    stored = json.loads(storage.read_bytes(f"{result['out']}/metrics.json"))
+    assert stored["iou"] == result["iou"] and storage.info(f"{result['out']}/results.png").size > 0
+    assert "baseline IoU" in storage.read_bytes(f"{run}/report.md").decode()  # the run's report lists it
 
     capsys.readouterr()
     fit(Config(**cfg, epochs=2))

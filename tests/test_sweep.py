@@ -13,7 +13,7 @@ import yaml
 
 from fgbg.config import Config
 from fgbg.errors import FgbgError
-from fgbg.sweep import load_space, sweep
+from fgbg.tune import load_space, sweep
 
 FIXED = {"size": 32, "width": 0.25, "epochs": 2, "batch_size": 8, "log_every": 100}
 

@@ -57,7 +57,7 @@ def test_content_is_a_plausible_scene():
             continue
         found += 1
         depth = np.asarray(Image.fromarray(s["depth"]).resize((96, 96)), np.float32)
-        from fgbg.synth import make_scene
+        from fgbg.scenes import make_scene
 
         bg = (np.clip(make_scene(0, 3, 96).image, 0, 1) * 255).astype(np.float32)
         diff = np.abs(s["fg_bg"].astype(np.float32) - bg).mean(-1)

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fgbg.checkpoints import find as find_checkpoints
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.report import read_history
-from fgbg.train import find_checkpoints, fit, make_trainer, prepare
 from fgbg.synth import SynthSpec, write_dataset
+from fgbg.train import fit, load_tables, make_trainer
+
 from loopback import registered_epoch
 from original import rewrite_zip, write_original
 
@@ -70,7 +72,7 @@ def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
     assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
     # a worker group started on a finished run (as Tune restarts a trial killed as it finished) trains
     # nothing and reports its last epoch again
-    again = make_trainer(cfg, prepare(cfg)).fit()
+    again = make_trainer(cfg, load_tables(cfg)).fit()
     assert again.metrics["epoch"] == 3 and again.metrics["iou"] == result["metrics"]["iou"]
     assert len(read_history(result["run_dir"])) == 3
 
@@ -81,7 +83,7 @@ def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--json", "--out", str(tmp_path / "ev")]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["samples"] == 12 and r["split"] == "test"
-    for key in ("iou", "iou_flat", "ssim", "rmse", "delta1"):
+    for key in ("iou", "iou_flat", "ssim", "rmse", "delta1", "baseline_iou"):
         assert 0 <= r[key] <= 1 or key == "rmse"
     grid = Image.open(tmp_path / "ev" / "results.png")
     assert grid.size[0] == 6 * 128  # six columns: bg, fg_bg, mask, predicted mask, depth, predicted depth
@@ -96,7 +98,8 @@ def test_predict_writes_mask_and_plasma_depth_at_the_image_size(two_worker_run, 
     fg_bg = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     fg_bg.save(tmp_path / "pair.jpg")
     Image.new("RGB", (70, 50), (90, 120, 30)).save(tmp_path / "bg.jpg")
-    assert main(["predict", "--checkpoint", checkpoint, "--fg-bg", str(tmp_path / "pair.jpg"), "--bg", str(tmp_path / "bg.jpg"), "--out", str(tmp_path / "p")]) == 0
+    pair = ["--fg-bg", str(tmp_path / "pair.jpg"), "--bg", str(tmp_path / "bg.jpg")]
+    assert main(["predict", "--checkpoint", checkpoint, *pair, "--out", str(tmp_path / "p")]) == 0
     mask, depth = Image.open(tmp_path / "p" / "mask.png"), Image.open(tmp_path / "p" / "depth.png")
     assert mask.size == depth.size == (70, 50)
     assert set(np.unique(np.asarray(mask))) <= {0, 255} and depth.mode == "RGB"
@@ -141,7 +144,8 @@ def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
     write_dataset(SynthSpec(str(data), batches=2, per_batch=160, size=32, seed=2), workers=0)
     args = [sys.executable, "-m", "fgbg", "train", "--data", str(data), "--out", str(tmp_path), "--name", "k",
             "--size", "32", "--width", "0.25", "--epochs", "3", "--workers", "1", "--batch-size", "8", "--set", "log_every=100"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # as a user starts it: no RAY_AUTH_MODE of the tests' own (the token still comes from RAY_AUTH_TOKEN, not ~/.ray)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_ADDRESS": ""}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     deadline = time.time() + 240
     while registered_epoch(tmp_path / "k") < 1 and time.time() < deadline and proc.poll() is None:
@@ -157,3 +161,16 @@ def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
     assert resumed >= done  # from the last checkpoint there is (a later one may have landed as the driver died)
     assert [f"epoch {e}/3 done" in again.stdout for e in (1, 2, 3)] == [e > resumed for e in (1, 2, 3)]
     assert find_checkpoints(tmp_path / "k")[-1][1]["epoch"] == 3
+    # a quiet first run: fgbg says in one line what it started, and Ray's notices stay in Ray's logs
+    assert re.search(r"fgbg: started a local Ray cluster \(\d+ CPUs, 127\.0\.0\.1, token auth on\); dashboard http://127\.0\.0\.1:\d+",
+                     again.stdout), again.stdout[-2000:]
+    assert "Token authentication is enabled" not in again.stdout + again.stderr
+
+    # evaluate on a dataset with a truncated JPEG: no Ray Data notice, and the real problem still shows, naming the file
+    member = next(n for n in zipfile.ZipFile(data / "batch2_images.zip").namelist() if n.startswith("fg_bg_jpg/fg_bg_"))
+    rewrite_zip(data / "batch2_images.zip", {member: zipfile.ZipFile(data / "batch2_images.zip").read(member)[:150]})
+    evaluated = subprocess.run([sys.executable, "-m", "fgbg", "evaluate", "--checkpoint", str(tmp_path / "k"), "--data", str(data)],
+                               capture_output=True, text=True, env=env, timeout=300)
+    printed = evaluated.stdout + evaluated.stderr
+    assert evaluated.returncode == 2 and f"batch2_images.zip: {member}: undecodable or truncated JPEG" in evaluated.stderr, printed[-3000:]
+    assert "Progress bars disabled" not in printed and "Token authentication is enabled" not in printed and "Traceback" not in printed

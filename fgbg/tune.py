@@ -117,12 +117,13 @@ def run_trial(params: dict, base: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import make_trainer, prepare, quiet_ray_data
+    from .cluster import quiet_ray_data
+    from .train import load_tables, make_trainer
 
     trial = ray.tune.get_context().get_trial_id()
     cfg = Config.from_dict({**base, **params, "name": trial})  # the trial id: a restarted trial finds its checkpoints
     quiet_ray_data()
-    make_trainer(cfg, prepare(cfg), callbacks=[TuneReportCallback()]).fit()
+    make_trainer(cfg, load_tables(cfg), callbacks=[TuneReportCallback()]).fit()
 
 
 def max_concurrency(workers_per_trial: int, cpus_per_worker: float, gpu: bool) -> int:
@@ -154,22 +155,19 @@ def sweep(
     """Run (or resume) a sweep; writes results.csv, best_config.yaml and sweep.png into OUT/NAME."""
     from ray import tune
 
-    from .train import connect
+    from .cluster import connect
 
     space = load_space(space_path)
     if scheduler not in ("asha", "fifo"):
         raise FgbgError(f"--scheduler must be asha or fifo, not {scheduler!r}")
-    base = Config.from_dict({**space.fixed, **({"objective": space.objective} if space.objective else {})})
-    base.data = storage.absolute(data)
-    base.cache = cache or base.cache
-    if base.cache:
-        base.cache = storage.absolute(base.cache)  # a trial's working directory is its own
-    base.epochs = epochs or base.epochs
-    base.workers, base.gpu = workers_per_trial, gpu
     out = storage.absolute(out)
     storage.check_bucket(out)  # a missing bucket or denied access stops here, before any trial
-    base.out = storage.join(out, name, "trials")
     experiment = storage.join(out, name)
+    given = {"data": data, "cache": cache or space.fixed.get("cache", ""), "workers": workers_per_trial, "gpu": gpu,
+             "out": storage.join(experiment, "trials"), **({"epochs": epochs} if epochs else {}),
+             **({"objective": space.objective} if space.objective else {})}
+    # one resolution, checks included: absolute paths, since a trial's working directory is its own
+    base = Config.from_dict({**space.fixed, **given}).resolved()
 
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(workers_per_trial * base.cpus_per_worker) + 2))
@@ -179,10 +177,9 @@ def sweep(
     concurrency = concurrency or cap
     if base.cache and not resume and not {"size", "on_bad", "train_samples", "test_samples"} & set(space.space):
         # decode into the cache here, once, rather than in each of the first trials at the same time
-        from .train import make_datasets, prepare
+        from .train import load_tables, make_datasets
 
-        first = Config.from_dict(base.to_dict())
-        make_datasets(first, prepare(first))
+        make_datasets(base, load_tables(base))
     # the trial itself only launches a TorchTrainer, which reserves the workers' resources on its own;
     # it asks for no CPU at all (Tune needs some resource: 1 MiB of memory), since even a fraction of
     # one would leave its node a fraction short of the whole CPU a decoding task needs

@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import pyarrow.compute as pc
-from PIL import Image
 
 from . import storage
 from .errors import BadSample
 from .layout import Problem, load_manifest
-from .reader import read_member
+from .reader import open_jpeg, read_member
 
 KINDS = ("fg_bg", "bg", "mask", "depth")
 
 
 def check_file(source: str, member: str) -> tuple[int, int]:
     """(width, height) of a JPEG after decoding it fully (at 1/8 scale: truncation still shows)."""
-    data = read_member(source, member)
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.format != "JPEG":
-            raise BadSample(source, member, f"not a JPEG (found {img.format})")
+    with open_jpeg(read_member(source, member), source, member) as img:
         size = img.size
         img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
         img.load()
         return size
-    except BadSample:
-        raise
-    except Exception as e:
-        raise BadSample(source, member, f"undecodable or truncated JPEG ({e})") from None
 
 
 def _check_chunk(files: list[tuple[str, str, str]]) -> list[tuple[str, str, str, object]]:
@@ -146,3 +136,21 @@ def _run_checks(files, workers: int | None, progress: bool, start: str = "fork")
             pool.shutdown()
         if bar:
             bar.close()
+
+
+def format_inspection(report: dict) -> str:
+    """An inspection (inspect_dataset's report) as a person reads it."""
+    lines = [f"{report['root']}: {report['samples']} samples in {len(report['batches'])} batches"]
+    split_of = {b: name for name, s in report["splits"].items() for b in s["batches"]}
+    for k, b in report["batches"].items():
+        lines.append(f"  batch {k:>3}  {b['source']:<24} {b['samples']:>7} samples  {b['backgrounds']:>4} backgrounds  {split_of.get(int(k), '')}")
+    lines.append("splits: " + ", ".join(f"{n} {s['samples']} samples (batches {s['batches']})" for n, s in report["splits"].items()))
+    if report["sizes"]:
+        lines.append("sizes: " + "; ".join(f"{k} " + ", ".join(f"{sz} ×{n}" for sz, n in c.items()) for k, c in report["sizes"].items()))
+    problems = report["problems"]
+    lines.append(f"problems: {len(problems) or 'none'}")
+    for p in problems[:200]:
+        lines.append(f"  {p['source']}: {p['member'] + ': ' if p['member'] else ''}{p['what']}")
+    if len(problems) > 200:
+        lines.append(f"  … and {len(problems) - 200} more (--json lists all)")
+    return "\n".join(lines)

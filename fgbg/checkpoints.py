@@ -1,0 +1,76 @@
+"""The checkpoint format, in one place: how a checkpoint is written, found, resolved and loaded.
+
+A checkpoint is a folder (`checkpoint_*/` under the run directory, persisted by Ray Train) with:
+  model.pt      the weights (a state_dict): what evaluate, predict and resume load
+  state.pt      the rest of the training state: optimiser, schedule, epoch, best IoU, step
+  config.yaml   the run's resolved config
+  metrics.json  the epoch's metrics
+Checkpoints written before fgbg 0.1's format settled also hold the weights in state.pt["model"];
+they load the same. Everything is read with `torch.load(weights_only=True)`: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from . import storage
+from .config import Config
+from .errors import FgbgError
+from .model import build_model
+
+MODEL, STATE, CONFIG, METRICS = "model.pt", "state.pt", "config.yaml", "metrics.json"
+
+
+def write(folder: str | Path, weights: dict, state: dict, cfg: Config, metrics: dict) -> None:
+    """Write a checkpoint into a local folder (Ray Train uploads it from there)."""
+    folder = Path(folder)
+    torch.save(weights, folder / MODEL)
+    torch.save(state, folder / STATE)
+    (folder / CONFIG).write_text(cfg.to_yaml())
+    (folder / METRICS).write_text(json.dumps(metrics, indent=2))
+
+
+def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
+    """(weights, training state, metrics) of a local checkpoint folder, to resume from."""
+    folder = Path(folder)
+    state = torch.load(folder / STATE, map_location=device, weights_only=True)
+    weights = state.pop("model", None)  # an older checkpoint keeps a copy of the weights here
+    if (folder / MODEL).is_file():
+        weights = torch.load(folder / MODEL, map_location=device, weights_only=True)
+    return weights, state, json.loads((folder / METRICS).read_text())
+
+
+def find(run_dir: str) -> list[tuple[str, dict]]:
+    """(checkpoint folder, its metrics) for every checkpoint of a run (local or on an object store), oldest first."""
+    found = []
+    if storage.is_dir(run_dir):
+        for entry in storage.listdir(run_dir):
+            metrics_file = storage.join(run_dir, entry.path, METRICS)
+            if entry.path.startswith("checkpoint_") and storage.info(metrics_file).is_file:
+                found.append((storage.join(run_dir, entry.path), json.loads(storage.read_bytes(metrics_file))))
+    return sorted(found, key=lambda c: c[1]["epoch"])
+
+
+def resolve(path) -> str:
+    """A checkpoint folder as given, or a run directory's best checkpoint (highest test IoU); local or a URI."""
+    path = storage.absolute(path)
+    if storage.info(storage.join(path, MODEL)).is_file:
+        return path
+    found = find(path)
+    if found:
+        return max(found, key=lambda c: c[1]["iou"])[0]
+    raise FgbgError(f"{path}: not a checkpoint (expected a folder with {MODEL}, or a run directory with checkpoint_* folders)")
+
+
+def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, str]:
+    """The model of a checkpoint or run directory, in eval mode, its config and the checkpoint folder."""
+    ckpt = resolve(checkpoint)
+    cfg = Config.load(storage.join(ckpt, CONFIG), saved=True)
+    model = build_model(cfg)
+    weights = io.BytesIO(storage.read_bytes(storage.join(ckpt, MODEL)))
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    return model.to(device).eval(), cfg, ckpt

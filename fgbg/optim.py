@@ -1,0 +1,53 @@
+"""The optimiser and the learning-rate schedule a Config asks for.
+
+`plateau` is the original's recipe (Adam, the rate cut by lr_factor when the test loss stalls for
+lr_patience epochs). `cosine` warms up linearly from lr/10 over warmup_epochs, then follows a cosine
+down to lr/100 by the last step: it is stepped every training step, `plateau` every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """Adam (the original's) or AdamW (decoupled weight decay), at cfg.lr."""
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Schedule:
+    """The learning rate over a run: `after_step()` every training step, `after_epoch(test_loss)` every epoch."""
+
+    def __init__(self, cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        self.kind = cfg.schedule
+        if self.kind == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup_cosine(step, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs))
+
+    def after_step(self) -> None:
+        if self.kind != "plateau":
+            self.scheduler.step()
+
+    def after_epoch(self, test_loss: float) -> None:
+        if self.kind == "plateau":
+            self.scheduler.step(test_loss)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """The multiplier of the peak rate at a step: 0.1 → 1 linearly over warmup steps, then a cosine to 0.01 at total."""
+    if step < warmup:
+        return 0.1 + 0.9 * step / warmup
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))

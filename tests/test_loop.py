@@ -1,0 +1,89 @@
+"""The worker loop's Ray-free parts: the learning-rate schedule, an epoch's metrics, the checkpoint format."""
+
+import json
+
+import pytest
+import torch
+
+from fgbg import checkpoints
+from fgbg.config import Config
+from fgbg.model import UNet
+from fgbg.optim import Schedule, build_optimizer, warmup_cosine
+from fgbg.train import PARTS, EpochStats, epoch_metrics
+
+
+def test_warmup_then_cosine_by_hand():
+    assert warmup_cosine(0, total=100, warmup=10) == pytest.approx(0.1)
+    assert warmup_cosine(5, total=100, warmup=10) == pytest.approx(0.55)
+    assert warmup_cosine(10, total=100, warmup=10) == pytest.approx(1.0)
+    assert warmup_cosine(55, total=100, warmup=10) == pytest.approx(0.01 + 0.99 * 0.5)  # half-way down the cosine
+    assert warmup_cosine(100, total=100, warmup=10) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("kind", ["plateau", "cosine"])
+def test_schedules_step_when_they_should_and_resume(kind):
+    cfg = Config(schedule=kind, lr=1e-2, epochs=4, warmup_epochs=1, lr_patience=0, lr_factor=0.5)
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_optimizer(cfg, model.parameters())
+    schedule = Schedule(cfg, optimizer, steps_per_epoch=10)
+    rates = []
+    for _ in range(4):
+        for _step in range(10):
+            optimizer.step()
+            schedule.after_step()
+        schedule.after_epoch(1.0)  # a test loss that never improves
+        rates.append(optimizer.param_groups[0]["lr"])
+    if kind == "plateau":  # the rate halves after each epoch without a better loss (the first sets the best)
+        assert rates == pytest.approx([1e-2, 5e-3, 2.5e-3, 1.25e-3])
+    else:  # warm-up to the peak in epoch 1, then down the cosine to lr/100 at the last step
+        assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4)
+        assert rates[1] > rates[2] > rates[3]
+    again = Schedule(cfg, build_optimizer(cfg, model.parameters()), steps_per_epoch=10)
+    again.load_state_dict(schedule.state_dict())
+    assert again.state_dict() == schedule.state_dict()
+
+
+def test_epoch_metrics_from_summed_parts_by_hand():
+    test = {"iou": 0.5, "iou_flat": 0.4, "ssim": 0.8, "rmse": 0.1, "delta1": 0.9, "loss": 0.7, "samples": 10}
+    sums = {"loss": 12.0, "loss_mask": 8.0, "loss_depth_ssim": 4.0}
+    train_sums = [20, 1, *[sums.get(k, 0.0) for k in PARTS]]  # 2 workers' sums, already added up
+    times = {"time_train": 4.0, "time_compute": 3.0, "time_data": 0.5, "time_epoch": 5.0}
+    m = epoch_metrics(3, test, train_sums, times, lr=1e-3, objective={"iou": 0.5, "ssim": 0.5}, best_iou=0.6)
+    assert m["epoch"] == 3 and m["train_samples"] == 20 and m["skipped"] == 1 and m["test_samples"] == 10
+    assert (m["train_loss"], m["train_loss_mask"], m["train_loss_depth_ssim"]) == (0.6, 0.4, 0.2)
+    assert "train_loss_depth_l1" not in m and "samples" not in m
+    assert m["samples_per_s"] == 5.0 and m["time_other"] == 1.5
+    assert m["objective"] == pytest.approx(0.65) and m["best_iou"] == 0.6
+    assert epoch_metrics(4, {**test, "iou": 0.9}, train_sums, times, 1e-3, {"iou": 1.0}, best_iou=0.6)["best_iou"] == 0.9
+
+
+def test_epoch_stats_sums_in_parts_order():
+    stats = EpochStats(seen=6, skipped=2, parts={"loss": torch.tensor(3.0, dtype=torch.float64)})
+    sums = stats.sums("cpu")
+    assert sums.tolist() == [6, 2, 3.0, *[0.0] * (len(PARTS) - 1)]
+
+
+def test_checkpoint_round_trip_and_an_older_checkpoint_still_loads(tmp_path):
+    cfg = Config(width=0.25, diff_input=True)
+    model = UNet(width=0.25, diff_input=True)
+    folder = tmp_path / "run" / "checkpoint_000001"
+    folder.mkdir(parents=True)
+    checkpoints.write(folder, model.state_dict(), {"epoch": 1, "best_iou": 0.5, "step": 7}, cfg, {"epoch": 2, "iou": 0.5})
+    assert "model" not in torch.load(folder / "state.pt", weights_only=True)  # the weights are stored once, in model.pt
+    weights, state, metrics = checkpoints.read_training_state(folder, "cpu")
+    assert state["step"] == 7 and metrics["epoch"] == 2 and weights.keys() == model.state_dict().keys()
+    loaded, loaded_cfg, where = checkpoints.load_model(tmp_path / "run", "cpu")  # a run directory: its best checkpoint
+    assert where == str(folder) and loaded_cfg.diff_input and not loaded.training
+
+    # as fgbg wrote them before: the weights also inside state.pt, a config without the newer keys
+    old_model = UNet(width=0.25)
+    old = tmp_path / "old" / "checkpoint_000000"
+    old.mkdir(parents=True)
+    torch.save({"model": old_model.state_dict(), "epoch": 0, "best_iou": 0.3, "step": 3}, old / "state.pt")
+    torch.save(old_model.state_dict(), old / "model.pt")
+    (old / "config.yaml").write_text("width: 0.25\nsize: 64\n")
+    (old / "metrics.json").write_text(json.dumps({"epoch": 1, "iou": 0.3}))
+    loaded, loaded_cfg, _ = checkpoints.load_model(old, "cpu")
+    assert not loaded_cfg.diff_input and loaded.inc[0][0].in_channels == 6
+    weights, state, _ = checkpoints.read_training_state(old, "cpu")
+    assert "model" not in state and torch.equal(weights["mask_head.weight"], old_model.state_dict()["mask_head.weight"])
