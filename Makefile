@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 3 minutes on 2 cores).
+# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 8 minutes on 2 cores):
+# 1,500 samples at the default 160×160 (1,000 train, 500 test), trained at 64×64, then the model is evaluated
+# on 400 fresh samples of another seed that it never saw, beside the threshold rule's IoU on them.
 demo: venv
-	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 500 --size 64 --seed 0
+	$(BIN)/fgbg synth --out $(DEMO)/data --batches 3 --per-batch 500 --seed 0
 	$(BIN)/fgbg inspect $(DEMO)/data
-	$(BIN)/fgbg train --data $(DEMO)/data --out $(DEMO)/runs --name demo --size 64 --epochs 5 --workers 2 --batch-size 16 --set log_every=20
-	$(BIN)/fgbg evaluate --checkpoint $(DEMO)/runs/demo --data $(DEMO)/data
+	$(BIN)/fgbg train --data $(DEMO)/data --out $(DEMO)/runs --name demo --size 64 --epochs 20 --workers 2 --batch-size 16 \
+		--test-samples 200 --set log_every=20
+	$(BIN)/fgbg synth --out $(DEMO)/fresh --batches 1 --per-batch 400 --seed 777 --quiet
+	$(BIN)/fgbg evaluate --checkpoint $(DEMO)/runs/demo --data $(DEMO)/fresh --split all
 
 test: venv
 	$(BIN)/ruff check fgbg bench tests jobs

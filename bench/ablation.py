@@ -9,7 +9,7 @@ training samples), then is evaluated on three sets it never saw:
   - the demo's own test split.
 The threshold rule |fg_bg − bg| > 0.1 (fgbg.metrics.threshold_iou) is scored on the same sets.
 
-    python bench/ablation.py [--arms NAME,...]
+    python bench/ablation.py [--arm NAME ...]
 Prints a table; writes bench/out/ablation.json (each arm's row as it finishes; reruns skip rows already there).
 """
 
@@ -52,9 +52,11 @@ ARMS = {
     "+ 3,000 samples (5 epochs)": ({}, 5, 3000, False),
     "+ lr 6e-3": ({"lr": 6e-3}, 15, 1000),
     "+ data drawn at 160×160, resized": ({"data": "demo at 160"}, 15, 1000),
-    "+ width 0.75, separate decoders": ({"width": 0.75, "separate_decoders": True}, 15, 1000),
-    "+ 96×96 (same steps)": ({"size": 96}, 15, 1000),
-    "+ twice the steps (30 epochs)": ({}, 30, 1000),
+    # each of these on top of the row above them all, alone
+    "+ width 0.75, separate decoders": ({"width": 0.75, "separate_decoders": True}, 15, 1000, False),
+    "+ 96×96 (same steps)": ({"size": 96}, 15, 1000, False),
+    "+ twice the steps (30 epochs)": ({}, 30, 1000, False),
+    "+ 50 backgrounds instead of 20 (1,250 samples, 12 epochs)": ({"data": "more backgrounds"}, 12, 1250, False),
 }
 
 
@@ -65,6 +67,9 @@ def sets() -> dict[str, Path]:
         write_dataset(SynthSpec(str(paths["demo"]), batches=7, per_batch=500, size=64, seed=0))
     if not paths["demo at 160"].exists():  # the same samples drawn at 160×160, as `fgbg synth` writes by default
         write_dataset(SynthSpec(str(paths["demo at 160"]), batches=3, per_batch=500, size=160, seed=0))
+    paths["more backgrounds"] = work / "demo160-6x250"
+    if not paths["more backgrounds"].exists():  # 6 batches of 250: 50 training backgrounds instead of 20
+        write_dataset(SynthSpec(str(paths["more backgrounds"]), batches=6, per_batch=250, size=160, seed=0))
     if not paths["fresh synthetic"].exists():
         write_dataset(SynthSpec(str(paths["fresh synthetic"]), batches=1, per_batch=400, seed=777))
     if not paths["photographs"].exists():
@@ -118,7 +123,7 @@ def train_arm(cfg: Config, train: dict, samples: int, device) -> tuple[torch.nn.
 def data_at(size: int, data: str = "demo") -> tuple[dict, dict]:
     """(training samples of a set, {evaluation set: samples}), decoded at a model size."""
     paths = sets()
-    train = decoded(paths[data], size, batches=[1, 2, 4, 5, 6, 7] if data == "demo" else [1, 2])
+    train = decoded(paths[data], size, batches={"demo": [1, 2, 4, 5, 6, 7], "more backgrounds": [1, 2, 3, 4, 5]}.get(data, [1, 2]))
     evals = {"fresh synthetic": decoded(paths["fresh synthetic"], size), "photographs": decoded(paths["photographs"], size),
              "demo test": decoded(paths["demo"], size, batches=[3])}
     return train, evals
@@ -126,7 +131,7 @@ def data_at(size: int, data: str = "demo") -> tuple[dict, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arms", help="comma-separated arm names to run (default: all)")
+    ap.add_argument("--arm", action="append", dest="arms", help="an arm to run (repeatable; default: all)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -139,7 +144,7 @@ def main() -> None:
         keys = {**kept, **change}
         if keep != [False]:
             kept = keys
-        if (args.arms and name not in args.arms.split(",")) or name in results:
+        if (args.arms and name not in args.arms) or name in results:
             continue
         cfg = Config(batch_size=16, epochs=epochs, **{k: v for k, v in keys.items() if k != "data"})
         train_all, evals = data_at(cfg.size, keys.get("data", "demo"))

@@ -26,7 +26,7 @@ from fgbg.batch import prepare_batch
 from fgbg.config import Config
 from fgbg.losses import MaskDepthLoss
 from fgbg.metrics import SetMetrics
-from fgbg.model import UNet
+from fgbg.model import build_model
 from fgbg.profiling import count_macs, random_batch
 from fgbg.step import TrainStep, default_device, wait_for
 
@@ -89,7 +89,7 @@ def speed(args, device: torch.device) -> dict:
     steps = {}
     for name, make in variants(device, args.compile).items():
         t = time.perf_counter()
-        step, prepare = make(UNet(width=args.width))
+        step, prepare = make(build_model(Config(width=args.width)))
         ready = prepare(batch)
         step(ready)
         step(ready)
@@ -134,7 +134,7 @@ def numerics(args, device: torch.device) -> dict:
         order = torch.Generator().manual_seed(seed)
         batches = [torch.randperm(n, generator=order) for _ in range(args.check_epochs)]
         torch.manual_seed(seed)
-        initial = UNet(width=args.width)
+        initial = build_model(Config(width=args.width))
         for name, make in variants(device, False).items():
             model = copy.deepcopy(initial)
             step, prepare = make(model)
@@ -187,7 +187,7 @@ def main() -> None:
         (OUT / "train_step_check.json").write_text(json.dumps(numerics(args, device), indent=2))
         return
 
-    macs = count_macs(UNet(width=args.width), args.size)
+    macs = count_macs(build_model(Config(width=args.width)), args.size)
     sgemm = sgemm_flops(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}; sgemm {sgemm / 1e9:.1f} GFLOP/s; {macs / 1e6:.1f}M MACs per sample at {args.size}×{args.size}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 # Ray's notices that fgbg replaces by its own line, or that say nothing a user must act on
 _NOTICES = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress")
@@ -33,7 +34,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: bo
     # Ray turns token auth on for a new local cluster by setting RAY_AUTH_MODE (and warns, which is silenced above)
     auth = "token auth on" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "token auth OFF (RAY_AUTH_MODE)"
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    print(f"fgbg: started a local Ray cluster ({cpus} CPUs, 127.0.0.1, {auth}); dashboard http://{context.dashboard_url}", flush=True)
+    # on stderr: stdout stays the verb's own output (one JSON object with --json)
+    print(f"fgbg: started a local Ray cluster ({cpus} CPUs, 127.0.0.1, {auth}); dashboard http://{context.dashboard_url}",
+          file=sys.stderr, flush=True)
 
 
 def quiet_ray_data() -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from .batch import prepare_batch
+from .config import Config
 from .losses import MaskDepthLoss
-from .model import UNet
+from .model import build_model
+from .optim import build_optimizer
 from .step import TrainStep, default_device, wait_for
 
 
@@ -55,14 +57,15 @@ def profile_model(width: float = 1.0, size: int = 160, batch: int = 8, repeats: 
     """params, macs, and median inference and train-step samples/s at this batch size, as fgbg runs them on the
     device (by default the GPU if there is one, else the CPU)."""
     device = torch.device(device) if device else default_device()
-    model = UNet(width=width)
+    cfg = Config(width=width)  # the default model, loss and optimiser at this width
+    model = build_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, size)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     batch_ = prepare_batch(random_batch(batch, size), device, channels_last)
-    step = TrainStep(model, torch.optim.Adam(model.parameters()), MaskDepthLoss(), device, amp=amp)
+    step = TrainStep(model, build_optimizer(cfg, model.parameters()), MaskDepthLoss.from_config(cfg), device, amp=amp)
 
     def infer():
         with torch.no_grad():  # float32, as evaluate and predict run

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fgbg.batch import prepare_batch
+from fgbg.config import Config
 from fgbg.losses import MaskDepthLoss
 from fgbg.metrics import SetMetrics
-from fgbg.model import UNet
+from fgbg.model import UNet, build_model
 from fgbg.profiling import random_batch
 from fgbg.step import TrainStep, amp_dtype, cpu_has_bf16
 
@@ -120,7 +121,7 @@ def test_fgbg_profile_measures_the_training_step_on_this_machine(capsys):
 
     assert main(["profile", "--width", "0.25", "--size", "32", "--batch", "2", "--repeats", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["params"] == sum(p.numel() for p in UNet(width=0.25).parameters()) and r["macs"] > 0
+    assert r["params"] == sum(p.numel() for p in build_model(Config(width=0.25)).parameters()) and r["macs"] > 0
     assert r["inference_samples_per_s"] > 0 and r["train_samples_per_s"] > 0
     if not torch.cuda.is_available():
         assert r["device"] == "cpu" and r["train_precision"] == str(amp_dtype(CPU) or torch.float32).removeprefix("torch.")

@@ -13,6 +13,7 @@ import yaml
 
 from fgbg.config import Config
 from fgbg.errors import FgbgError
+from fgbg.model import build_model
 from fgbg.tune import load_space, sweep
 
 FIXED = {"size": 32, "width": 0.25, "epochs": 2, "batch_size": 8, "log_every": 100}
@@ -36,7 +37,7 @@ def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ra
     assert len(rows) == 4 and len(r["trials"]) == 4
     for row in rows:
         assert {"lr", "w_depth", "iou", "ssim", "rmse", "samples_per_s", "params", "objective", "best_objective", "epochs", "stopped_early"} <= set(row)
-        assert int(row["params"]) == 53684  # width 0.25
+        assert int(row["params"]) == sum(p.numel() for p in build_model(Config(width=0.25)).parameters())  # the space's width
         assert 0 <= float(row["iou"]) <= 1 and 0 <= float(row["ssim"]) <= 1
     assert any(row["stopped_early"] == "True" and row["epochs"] == "1" for row in rows)
     assert all(row["epochs"] == "2" for row in rows if row["stopped_early"] == "False")

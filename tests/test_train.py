@@ -163,7 +163,7 @@ def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
     assert find_checkpoints(tmp_path / "k")[-1][1]["epoch"] == 3
     # a quiet first run: fgbg says in one line what it started, and Ray's notices stay in Ray's logs
     assert re.search(r"fgbg: started a local Ray cluster \(\d+ CPUs, 127\.0\.0\.1, token auth on\); dashboard http://127\.0\.0\.1:\d+",
-                     again.stdout), again.stdout[-2000:]
+                     again.stderr), again.stderr[-2000:]
     assert "Token authentication is enabled" not in again.stdout + again.stderr
 
     # evaluate on a dataset with a truncated JPEG: no Ray Data notice, and the real problem still shows, naming the file
