@@ -15,12 +15,15 @@ from .losses import depth_ssim
 FIELDS = ("images", "iou_sum", "inter", "union", "ssim_sum", "sq_err", "pixels", "delta_ok", "delta_pixels", "loss_sum", "baseline_iou_sum")
 
 
-def per_image_iou(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """IoU of each image's boolean masks (N×…); an image where both are empty counts as perfect."""
-    pred, true = pred.flatten(1), true.flatten(1)
-    inter = (pred & true).sum(1).double()
-    union = (pred | true).sum(1).double()
+def iou_of(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Per-image IoU from per-image intersection and union counts; an image where both masks are empty counts as perfect."""
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def per_image_iou(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """IoU of each image's boolean masks (N×…)."""
+    pred, true = pred.flatten(1), true.flatten(1)
+    return iou_of((pred & true).sum(1).double(), (pred | true).sum(1).double())
 
 
 class SetMetrics:
@@ -37,7 +40,7 @@ class SetMetrics:
         true = mask_true.flatten(1) > 0.5
         inter = (pred & true).sum(1).double()
         union = (pred | true).sum(1).double()
-        ious = per_image_iou(pred, true)
+        ious = iou_of(inter, union)
         depth, depth_true = depth.float(), depth_true.float()
         per_image_ssim = depth_ssim(depth, depth_true, reduction="none")
         valid = depth_true >= 1 / 255
