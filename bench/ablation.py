@@ -33,7 +33,7 @@ from fgbg.layout import load_manifest  # noqa: E402
 from fgbg.losses import MaskDepthLoss  # noqa: E402
 from fgbg.metrics import SetMetrics, threshold_iou  # noqa: E402
 from fgbg.model import build_model  # noqa: E402
-from fgbg.optim import Schedule, build_optimizer  # noqa: E402
+from fgbg.optim import Schedule, build_ema, build_optimizer  # noqa: E402
 from fgbg.reader import decode_table  # noqa: E402
 from fgbg.step import TrainStep  # noqa: E402
 from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
@@ -57,6 +57,10 @@ ARMS = {
     "+ 96×96 (same steps)": ({"size": 96}, 15, 1000, False),
     "+ twice the steps (30 epochs)": ({}, 30, 1000, False),
     "+ 50 backgrounds instead of 20 (1,250 samples, 12 epochs)": ({"data": "more backgrounds"}, 12, 1250, False),
+    "+ EMA of the weights, decay 0.99": ({"ema": 0.99}, 15, 1000, False),
+    "+ EMA of the weights, decay 0.998": ({"ema": 0.998}, 15, 1000, False),
+    "+ 64 then 96 (12 + 3 epochs)": ({"size": 96, "size_schedule": {1: 64, 13: 96}}, 15, 1000, False),
+    "+ 64 then 96 (15 + 5 epochs)": ({"size": 96, "size_schedule": {1: 64, 16: 96}}, 20, 1000, False),
 }
 
 
@@ -105,18 +109,18 @@ def train_arm(cfg: Config, train: dict, samples: int, device) -> tuple[torch.nn.
     optimizer = build_optimizer(cfg, model.parameters())
     steps_per_epoch = samples // cfg.batch_size
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
-    step = TrainStep(model, optimizer, MaskDepthLoss.from_config(cfg), device, amp=cfg.amp)
+    step = TrainStep(model, optimizer, MaskDepthLoss.from_config(cfg), device, amp=cfg.amp, ema=build_ema(cfg, model))
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(samples, generator=g)
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            parts = step(prepare_batch({k: v[idx] for k, v in train.items()}, device, True, g))
+            parts = step(prepare_batch({k: v[idx] for k, v in train.items()}, device, True, g, cfg.size_at(epoch + 1)))
             schedule.after_step()
         schedule.after_epoch(float(parts["loss"]))  # (this bench has no test loss per epoch: the last step's)
-    return model, time.perf_counter() - t0
+    return step.eval_model, time.perf_counter() - t0
 
 
 @functools.cache

@@ -7,6 +7,7 @@ that trains: on a GPU they cost next to nothing, and the decoding CPUs only deco
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 IMAGES = ("fg_bg", "bg")
 
@@ -20,19 +21,31 @@ def drop_bad(batch: dict) -> tuple[dict, int]:
     return {k: v[keep] for k, v in batch.items() if k != "bad"}, int((bad == 1).sum())
 
 
-def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None) -> dict:
+def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None,
+                  size: int | None = None) -> dict:
     """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
 
-    With a generator (on `device`), the batch is augmented for training (`augment`).
+    With a generator (on `device`), the batch is augmented for training (`augment`). With a size smaller
+    than the batch's, it is first shrunk to that side (progressive resizing: `shrink`).
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = {}
     for key in (*IMAGES, "mask", "depth"):
         x = batch[key].to(device, non_blocking=True).permute(0, 3, 1, 2)  # N×H×W×C → a channels_last N×C×H×W view
         out[key] = (x >= 128).float() if key == "mask" else x.float().div_(255.0)
+    if size is not None and size < out["fg_bg"].shape[-1]:
+        out = shrink(out, size)
     if generator is not None:
         out = augment(out, generator)
     return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
+
+
+def shrink(batch: dict, size: int) -> dict:
+    """A prepared batch at a smaller side (depth at half of it), each pixel the mean of the area it covers;
+    the mask is that mean thresholded at a half, as the reader does."""
+    out = {k: F.interpolate(v, size=(size // 2,) * 2 if k == "depth" else (size, size), mode="area") for k, v in batch.items()}
+    out["mask"] = (out["mask"] >= 0.5).float()
+    return out
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:

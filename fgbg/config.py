@@ -26,6 +26,7 @@ class Config:
     data: str = ""  # dataset root: batch{K}_images.zip files or batch{K}/ folders
     test_batches: list[int] | None = None  # default: the last batch
     size: int = 160  # input side in pixels (a multiple of 16); depth is size // 2
+    size_schedule: dict | None = None  # progressive resizing, {first epoch: size}: e.g. {1: 64, 13: 96} with size 96 trains epochs 1-12 at 64
     on_bad: str = "error"  # "skip": drop bad samples and count them in the epoch's metrics
     train_samples: int | None = None  # use only the first N training samples (quick runs)
     test_samples: int | None = None  # use only the first N test samples
@@ -52,6 +53,7 @@ class Config:
     warmup_epochs: float = 1.0  # cosine: epochs of linear warm-up from lr/10
     lr_factor: float = 0.8  # plateau: the cut
     lr_patience: int = 2  # plateau: epochs without a better test loss before a cut
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which is evaluated and saved (0: off)
     seed: int = 0
     channels_last: bool = True
     amp: bool = True  # mixed precision: bf16 on CPUs that compute it natively and on GPUs, else fp16 on GPU (fgbg/step.py)
@@ -88,6 +90,18 @@ class Config:
             raise FgbgError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.schedule not in ("plateau", "cosine"):
             raise FgbgError(f"schedule must be plateau or cosine, not {self.schedule!r}")
+        if self.size_schedule is not None:
+            try:  # (the epochs may come back as strings from JSON)
+                schedule = {int(e): int(s) for e, s in dict(self.size_schedule).items()}
+                ok = 1 in schedule and all(e >= 1 and s % 16 == 0 and 16 <= s <= self.size for e, s in schedule.items())
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise FgbgError(f"size_schedule maps first epochs (from 1) to sizes that are multiples of 16 up to size {self.size}, "
+                                f"not {self.size_schedule}")
+            self.size_schedule = schedule
+        if not 0 <= self.ema < 1:
+            raise FgbgError(f"ema is a decay in [0, 1) (0: off), not {self.ema}")
         if self.widths is not None and len(self.widths) != 5:
             raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
 
@@ -102,6 +116,12 @@ class Config:
             before = yaml.safe_load(storage.read_bytes(saved)) or {}
             values.update({k: v for k, v in LEGACY.items() if k not in before})
         return Config.from_dict(values)
+
+    def size_at(self, epoch: int) -> int:
+        """The side the model trains at in an epoch (1-based): size_schedule's, else size."""
+        if not self.size_schedule:
+            return self.size
+        return self.size_schedule[max(e for e in self.size_schedule if e <= epoch)]
 
     @property
     def run_dir(self) -> str:

@@ -9,6 +9,7 @@ run name picks up its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from .errors import FgbgError, find_bad_sample
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
 from .model import build_model
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_ema, build_optimizer
 from .profiling import RunProfiler
 from .progress import Progress, relay
 from .report import append_history, write_report
@@ -56,10 +57,10 @@ def train_func_per_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(cfg, model.parameters())
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
     loss_fn = MaskDepthLoss.from_config(cfg)
-    train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp)
+    train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp, ema=build_ema(cfg, core))
 
     # [2] resume from the last checkpoint Ray Train kept, if there is one
-    start = resume(ray.train.get_checkpoint(), core, optimizer, schedule, device)
+    start = resume(ray.train.get_checkpoint(), train_step, schedule, device)
     if start.epoch >= cfg.epochs:  # a sweep killed as a trial finished restarts it: Tune wants its last epoch again
         ray.train.report(start.metrics)
         return
@@ -74,17 +75,17 @@ def train_func_per_worker(loop_config: dict) -> None:
     profiler = RunProfiler(cfg.profile, core, cfg.run_dir, rank, device, cfg.profile_steps)
     best_iou, step = start.best_iou, start.step
 
-    def prepare(batch):
+    def prepare(batch, size):
         startup.mark("first_batch")
-        return prepare_batch(batch, device, cfg.channels_last, augment_rng)
+        return prepare_batch(batch, device, cfg.channels_last, augment_rng, size)
 
     for epoch in range(start.epoch, cfg.epochs):
         t_epoch = time.perf_counter()
         batches = train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda")
-        stats = train_epoch(train_step, schedule, batches, prepare,
+        stats = train_epoch(train_step, schedule, batches, functools.partial(prepare, size=cfg.size_at(epoch + 1)),
                             on_step=lambda i, parts, epoch=epoch: (profiler.step(), out.step(epoch + 1, i, parts)))
         step += stats.steps
-        test = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
+        test = evaluate_batches(train_step.eval_model, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
                                 on_first=out.grid(epoch + 1))
         # [4] the metric sums of every worker, added up: each worker saw only its shards
         test_sums, train_sums = all_reduce(test.sums, stats.sums(device))
@@ -97,7 +98,9 @@ def train_func_per_worker(loop_config: dict) -> None:
         out.epoch(metrics)
         # [5] rank 0's checkpoint, and every worker's report (a barrier: all call it every epoch)
         state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch, "best_iou": best_iou, "step": step}
-        report(metrics, cfg, core.state_dict(), state, with_checkpoint=rank == 0)
+        if train_step.ema is not None:  # model.pt holds the average; these are the weights training goes on from
+            state["training_weights"] = core.state_dict()
+        report(metrics, cfg, train_step.eval_model.state_dict(), state, with_checkpoint=rank == 0)
     out.close(profiler.finish())
 
 
@@ -121,14 +124,18 @@ class Start:
     metrics: dict = field(default_factory=dict)
 
 
-def resume(checkpoint, model: torch.nn.Module, optimizer, schedule: Schedule, device) -> Start:
-    """Load Ray Train's latest checkpoint of this run into the model, optimiser and schedule; a fresh Start if none."""
+def resume(checkpoint, train_step: TrainStep, schedule: Schedule, device) -> Start:
+    """Load Ray Train's latest checkpoint of this run into the model (and its average), optimiser and schedule;
+    a fresh Start if there is none."""
     if checkpoint is None:
         return Start()
     with checkpoint.as_directory() as folder:
         weights, state, metrics = checkpoints.read_training_state(folder, device)
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
+    train_step.core.load_state_dict(state.pop("training_weights", weights))
+    if train_step.ema is not None:
+        train_step.ema.module.load_state_dict(weights)
+        train_step.ema.n_averaged.fill_(max(1, state["step"]))  # (0 would make the next update copy the weights)
+    train_step.optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
     return Start(state["epoch"] + 1, state["best_iou"], state["step"], metrics)
 
@@ -155,8 +162,10 @@ class EpochStats:
 
 
 def train_epoch(train_step: TrainStep, schedule: Schedule, batches, prepare, on_step) -> EpochStats:
-    """One pass over a worker's shard; on_step(step number, loss parts) after each step. Nothing here waits for the device."""
+    """One pass over a worker's shard, in training mode; prepare(batch) makes a decoded batch the step's tensors,
+    on_step(step number, loss parts) runs after each step. Nothing here waits for the device."""
     stats = EpochStats()
+    train_step.model.train()  # (evaluation left it in eval mode: BatchNorm must use and update batch statistics)
     t_epoch = t_wait = time.perf_counter()
     for batch in batches:
         batch, n_bad = drop_bad(batch)

@@ -1,15 +1,21 @@
-"""The worker loop's Ray-free parts: the learning-rate schedule, an epoch's metrics, the checkpoint format."""
+"""The worker loop's parts that run without a Ray cluster: the learning-rate schedule, an epoch's metrics, the
+checkpoint format, an epoch's training mode, the moving average of the weights, progressive resizing."""
 
 import json
 
 import pytest
+import ray.train
 import torch
 
 from fgbg import checkpoints
+from fgbg.batch import prepare_batch
 from fgbg.config import Config
-from fgbg.model import UNet
-from fgbg.optim import Schedule, build_optimizer, warmup_cosine
-from fgbg.train import PARTS, EpochStats, epoch_metrics
+from fgbg.errors import FgbgError
+from fgbg.losses import MaskDepthLoss
+from fgbg.model import UNet, build_model
+from fgbg.optim import Schedule, build_ema, build_optimizer, warmup_cosine
+from fgbg.step import TrainStep
+from fgbg.train import PARTS, EpochStats, epoch_metrics, resume, train_epoch
 
 
 def test_warmup_then_cosine_by_hand():
@@ -87,3 +93,69 @@ def test_checkpoint_round_trip_and_an_older_checkpoint_still_loads(tmp_path):
     assert not loaded_cfg.diff_input and loaded.inc[0][0].in_channels == 6
     weights, state, _ = checkpoints.read_training_state(old, "cpu")
     assert "model" not in state and torch.equal(weights["mask_head.weight"], old_model.state_dict()["mask_head.weight"])
+
+
+def _step(cfg: Config) -> TrainStep:
+    model = build_model(cfg)
+    return TrainStep(model, build_optimizer(cfg, model.parameters()), MaskDepthLoss.from_config(cfg), torch.device("cpu"), amp=False,
+                     ema=build_ema(cfg, model))
+
+
+def _batch(n: int = 4, side: int = 32) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"fg_bg": torch.rand(n, 3, side, side, generator=g), "bg": torch.rand(n, 3, side, side, generator=g),
+            "mask": (torch.rand(n, 1, side, side, generator=g) > 0.5).float(), "depth": torch.rand(n, 1, side // 2, side // 2, generator=g)}
+
+
+def test_an_epoch_trains_in_training_mode_after_evaluation_left_the_model_in_eval_mode():
+    cfg = Config(width=0.25, epochs=1, ema=0.0)
+    step = _step(cfg)
+    step.core.eval()  # as evaluate_batches leaves it
+    bn = step.core.inc[0][1]
+    before = bn.running_mean.clone()
+    decoded = {"fg_bg": torch.zeros(4), "bad": torch.zeros(4)}  # (what prepare turns into the step's batch)
+    stats = train_epoch(step, Schedule(cfg, step.optimizer, 2), [decoded] * 2, lambda batch: _batch(), lambda i, parts: None)
+    assert stats.steps == 2 and step.core.training
+    assert not torch.equal(bn.running_mean, before)  # BatchNorm used the batches' statistics and updated its own
+
+
+def test_the_moving_average_trails_the_weights_is_what_is_evaluated_and_resumes(tmp_path):
+    cfg = Config(width=0.25, ema=0.9, lr=1e-2, warmup_epochs=0)
+    step = _step(cfg)
+    schedule = Schedule(cfg, step.optimizer, 10)
+    first = step.core.mask_head.weight.detach().clone()
+    for _ in range(3):
+        step(_batch())
+    w, avg = step.core.mask_head.weight.detach(), step.eval_model.mask_head.weight.detach()
+    assert step.eval_model is step.ema.module and int(step.ema.n_averaged) == 3
+    # the first update copies the weights after step 1; each later one moves 10% of the way to the new weights
+    assert not torch.equal(avg, w) and not torch.equal(avg, first)
+    assert (avg - w).abs().sum() < (first - w).abs().sum()
+
+    folder = tmp_path / "checkpoint_000000"
+    folder.mkdir()
+    state = {"optimizer": step.optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": 0, "best_iou": 0.1, "step": 3,
+             "training_weights": step.core.state_dict()}
+    checkpoints.write(folder, step.eval_model.state_dict(), state, cfg, {"epoch": 1, "iou": 0.1})
+    again = _step(cfg)
+    start = resume(ray.train.Checkpoint.from_directory(folder), again, Schedule(cfg, again.optimizer, 10), "cpu")
+    assert start.epoch == 1 and start.step == 3 and int(again.ema.n_averaged) == 3
+    assert torch.equal(again.core.mask_head.weight, w) and torch.equal(again.eval_model.mask_head.weight, avg)
+    loaded, _, _ = checkpoints.load_model(folder, "cpu")  # evaluate and predict load the average
+    assert torch.equal(loaded.mask_head.weight, avg)
+
+
+def test_size_schedule_and_shrinking_a_batch():
+    cfg = Config(size=96, size_schedule={1: 64, "13": 96})
+    assert [cfg.size_at(e) for e in (1, 12, 13, 20)] == [64, 64, 96, 96]
+    assert Config(size=64).size_at(5) == 64
+    for bad in ({2: 64}, {1: 72}, {1: 128}, {0: 64, 1: 96}, {"x": 64}):
+        with pytest.raises(FgbgError, match="size_schedule"):
+            Config(size=96, size_schedule=bad)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.uint8) * 255
+    batch = {"fg_bg": torch.full((1, 4, 4, 3), 255, dtype=torch.uint8), "bg": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+             "mask": mask.reshape(1, 4, 4, 1), "depth": torch.tensor([[[[0], [255]], [[255], [255]]]], dtype=torch.uint8)}
+    small = prepare_batch(batch, torch.device("cpu"), size=2)
+    assert small["fg_bg"].shape == (1, 3, 2, 2) and small["depth"].shape == (1, 1, 1, 1)
+    assert small["mask"].flatten().tolist() == [1, 0, 0, 0]  # 3 of 4, 0, 0 and 1 of 4 pixels: thresholded at a half
+    assert small["depth"].item() == pytest.approx(0.75)
