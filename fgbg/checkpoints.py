@@ -41,7 +41,7 @@ def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
     state = torch.load(folder / STATE, map_location=device, weights_only=True)
     weights = state.pop("model", None)  # an older checkpoint keeps a copy of the weights here
     if (folder / MODEL).is_file():
-        weights = torch.load(folder / MODEL, map_location=device, weights_only=True)
+        weights = load_weights(str(folder / MODEL), device)
     return weights, state, json.loads((folder / METRICS).read_text())
 
 
@@ -72,6 +72,29 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[torch.nn
     ckpt = resolve(checkpoint)
     cfg = Config.load(storage.join(ckpt, CONFIG), saved=True)
     model = build_model(cfg)
-    weights = io.BytesIO(storage.read_bytes(storage.join(ckpt, MODEL)))
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    load_weights(storage.join(ckpt, MODEL), device, model)
     return model.to(device).eval(), cfg, ckpt
+
+
+def load_weights(path: str, device="cpu", model: torch.nn.Module | None = None) -> dict:
+    """The state_dict in a checkpoint's model.pt (checked against a model when one is given); a file that is
+    truncated, is not a state_dict or holds another model's weights is an FgbgError naming it."""
+    try:
+        weights = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
+        if not isinstance(weights, dict):
+            raise ValueError(f"holds a {type(weights).__name__}, not a state_dict")
+        if model is not None:
+            expected = model.state_dict()
+            missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+            shapes = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
+            if missing or unexpected or shapes:
+                example = f" (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)}, the config's model {tuple(expected[shapes[0]].shape)})" if shapes else ""
+                raise ValueError(f"another model's weights: {len(shapes)} tensors of other shapes{example}, {len(missing)} missing, "
+                                 f"{len(unexpected)} unexpected; was it saved with this {CONFIG}?")
+            model.load_state_dict(weights)
+    except FileNotFoundError:
+        raise FgbgError(f"{path}: no such file (a checkpoint folder holds {MODEL}, {STATE}, {CONFIG} and {METRICS})") from None
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError … for a damaged file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FgbgError(f"{path}: not weights this model can load ({reason[:300]})") from None
+    return weights

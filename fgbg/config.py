@@ -20,6 +20,95 @@ OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rms
 LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau"}
 
 
+# What a key allows beyond its type (checked by Config): a test and the words an error says
+_AT_LEAST_0, _AT_LEAST_1, _ABOVE_0 = (lambda v: v >= 0, "≥ 0"), (lambda v: v >= 1, "≥ 1"), (lambda v: v > 0, "> 0")
+RANGES = {
+    **dict.fromkeys(("w_mask", "w_dice", "w_depth", "w_depth_l1", "weight_decay", "warmup_epochs", "lr_patience", "workers"), _AT_LEAST_0),
+    **dict.fromkeys(("epochs", "batch_size", "log_every", "profile_steps", "train_samples", "test_samples", "widths", "test_batches"),
+                    _AT_LEAST_1),
+    **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
+    "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
+    "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
+    "max_failures": (lambda v: v >= -1, "≥ -1 (-1: no limit)"),
+}
+
+
+def as_number(value, kind: type = float):
+    """A YAML or flag value as a number of this kind; numeric strings count (PyYAML reads 1e-3 as a string). ValueError if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    number = float(value) if isinstance(value, str) else value
+    if kind is int:
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        if not float(number).is_integer():
+            raise ValueError(value)
+        return int(number)
+    return float(number)
+
+
+def checked_value(key: str, annotation: str, value):
+    """A config value of the type its field is annotated with, in its range (RANGES), or an FgbgError naming the key,
+    the value and what is allowed."""
+    base = annotation.replace(" | None", "")
+    if value is None and "None" in annotation:
+        return None
+    kind = {"int": int, "float": float, "list[int]": int}.get(base)
+    expected = {"int": "an integer", "float": "a number", "list[int]": "a list of integers", "bool": "true or false",
+                "str": "a string", "dict": "a mapping"}[base]
+    test, words, given = *RANGES.get(key, (lambda v: True, "")), value
+    expected += f" {words}" if words and base != "list[int]" else (f", each {words}" if words else "")
+    try:
+        if base == "list[int]":
+            if not isinstance(value, list):
+                raise ValueError(value)
+            value = [as_number(v, int) for v in value]
+            ok = all(test(v) for v in value)
+        elif kind is not None:
+            value = as_number(value, kind)
+            ok = test(value)
+        else:
+            ok = isinstance(value, {"bool": bool, "str": str, "dict": dict}[base])
+    except (ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise FgbgError(f"{key}: expected {expected}, not {given!r}")
+    return value
+
+
+def read_yaml(path: str, what: str = "config"):
+    """A YAML file's contents; an unreadable file or a syntax error is one line naming the file (and line and column)."""
+    try:
+        text = storage.read_bytes(path)
+    except OSError as e:
+        raise FgbgError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else path
+        problem = " ".join(filter(None, (getattr(e, "problem", None), getattr(e, "context", None)))) or str(e).splitlines()[0]
+        raise FgbgError(f"{where}: not valid YAML ({problem})") from None
+
+
+# Keys a resumed run may not change: the saved weights or the test split would no longer mean what they did
+FIXED_ON_RESUME = ("width", "widths", "separate_decoders", "diff_input", "size", "test_batches")
+_NOT_SETTINGS = ("name", "out", "extra")
+
+
+def changes_on_resume(before: "Config", now: "Config") -> dict:
+    """{key: [saved value, new value]} for the settings a resumed run changes; an FgbgError naming the keys
+    that would change the model's shape or the data's meaning (FIXED_ON_RESUME)."""
+    old, new = before.to_dict(), now.to_dict()
+    changed = {k: [old[k], new[k]] for k in new if k not in _NOT_SETTINGS and old[k] != new[k]}
+    refused = [f"{k} {v[0]!r} → {v[1]!r}" for k, v in changed.items() if k in FIXED_ON_RESUME]
+    if refused:
+        raise FgbgError(f"{now.run_dir}: this run was trained with other settings; resuming it cannot change {', '.join(refused)} "
+                        "(train under another --name for a new run)")
+    return changed
+
+
 @dataclass
 class Config:
     # data
@@ -71,8 +160,8 @@ class Config:
     extra: dict = field(default_factory=dict)  # free-form notes carried into the run directory
 
     def __post_init__(self):
-        if self.size % 16 or self.size < 16:
-            raise FgbgError(f"size must be a multiple of 16 (the UNet halves it four times), not {self.size}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, checked_value(f.name, f.type, getattr(self, f.name)))
         if self.profile not in (None, "cprofile", "torch", "memory"):
             raise FgbgError(f"profile must be cprofile, torch or memory, not {self.profile!r}")
         if self.on_bad not in ("error", "skip"):
@@ -100,8 +189,6 @@ class Config:
                 raise FgbgError(f"size_schedule maps first epochs (from 1) to sizes that are multiples of 16 up to size {self.size}, "
                                 f"not {self.size_schedule}")
             self.size_schedule = schedule
-        if not 0 <= self.ema < 1:
-            raise FgbgError(f"ema is a decay in [0, 1) (0: off), not {self.ema}")
         if self.widths is not None and len(self.widths) != 5:
             raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
 
@@ -112,10 +199,12 @@ class Config:
         values = {**self.to_dict(), "name": name, "out": storage.absolute(self.out),
                   "data": storage.absolute(self.data) if self.data else "", "cache": storage.absolute(self.cache) if self.cache else ""}
         saved = storage.join(values["out"], name, "config.yaml")
-        if storage.info(saved).is_file:
-            before = yaml.safe_load(storage.read_bytes(saved)) or {}
-            values.update({k: v for k, v in LEGACY.items() if k not in before})
-        return Config.from_dict(values)
+        if not storage.info(saved).is_file:
+            return Config.from_dict(values)
+        given = read_yaml(saved) or {}
+        cfg = Config.from_dict({**values, **{k: v for k, v in LEGACY.items() if k not in given}})
+        changes_on_resume(Config.load(saved, saved=True), cfg)  # refuses a change of the model's shape or the data's meaning
+        return cfg
 
     def size_at(self, epoch: int) -> int:
         """The side the model trains at in an epoch (1-based): size_schedule's, else size."""
@@ -139,7 +228,10 @@ class Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise FgbgError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except FgbgError as e:
+            raise FgbgError(f"{source}: {e}" if source != "config" else str(e)) from None
 
     @classmethod
     def load(cls, path: str | None = None, saved: bool = False, **overrides) -> "Config":
@@ -150,10 +242,7 @@ class Config:
         """
         values: dict = dict(LEGACY) if saved else {}
         if path:
-            try:
-                loaded = yaml.safe_load(storage.read_bytes(path)) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise FgbgError(f"{path}: cannot read the config ({e})") from None
+            loaded = read_yaml(path) or {}
             if not isinstance(loaded, dict):
                 raise FgbgError(f"{path}: expected a mapping of config keys, found {type(loaded).__name__}")
             values.update(loaded)

@@ -111,7 +111,10 @@ def predict(checkpoint, fg_bg, bg, out) -> list[dict]:
     with torch.no_grad():
         for fg_path, bg_path in pairs:
             x, original = _load_rgb(fg_path, cfg.size)
-            b, _ = _load_rgb(bg_path, cfg.size)
+            b, bg_size = _load_rgb(bg_path, cfg.size)
+            if bg_size != original:
+                raise FgbgError(f"{fg_path} is {original[0]}×{original[1]} but its background {bg_path} is {bg_size[0]}×{bg_size[1]}: "
+                                "the two images of a pair are photos of one scene, of one size")
             mask_logits, depth = model(x, b)
             mask = (torch.sigmoid(mask_logits[0, 0]) > 0.5).numpy().astype(np.uint8) * 255
             prefix = "" if len(pairs) == 1 else f"{fg_path.stem}_"

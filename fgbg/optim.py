@@ -30,7 +30,7 @@ class Schedule:
     """The learning rate over a run: `after_step()` every training step, `after_epoch(test_loss)` every epoch."""
 
     def __init__(self, cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-        self.kind = cfg.schedule
+        self.kind, self.lr, self.optimizer = cfg.schedule, cfg.lr, optimizer
         if self.kind == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
@@ -47,10 +47,20 @@ class Schedule:
             self.scheduler.step(test_loss)
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
+        return {**self.scheduler.state_dict(), "peak_lr": self.lr}
 
     def load_state_dict(self, state: dict) -> None:
+        """Where a saved run was; a run resumed with another lr goes on from there at the new rate
+        (after the optimiser's state is loaded, whose saved rate this overrides)."""
+        state = dict(state)
+        saved_lr = state.pop("peak_lr", self.lr)  # (older checkpoints lack it)
         self.scheduler.load_state_dict(state)
+        if saved_lr != self.lr:
+            factor = 1.0 if self.kind == "plateau" else self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group in self.optimizer.param_groups:  # (plateau: the new rate, without the earlier cuts)
+                group["initial_lr"], group["lr"] = self.lr, self.lr * factor
+            if self.kind != "plateau":
+                self.scheduler.base_lrs = [self.lr] * len(self.optimizer.param_groups)
 
 
 def warmup_cosine(step: int, total: int, warmup: float) -> float:

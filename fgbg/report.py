@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import yaml
 
@@ -16,6 +17,7 @@ from .config import Config
 from .errors import FgbgError
 
 HISTORY = "history.jsonl"
+CHANGES = "changes.jsonl"
 EVALUATIONS = "evaluations.jsonl"  # one line per `fgbg evaluate` of the run's checkpoints
 _TIMES = (("time_compute", "compute"), ("time_data", "waiting for data"), ("time_other", "other"))
 _TEST = [("iou", "IoU", ".4f"), ("iou_flat", "IoU (flat)", ".4f"), ("ssim", "SSIM", ".4f"), ("rmse", "RMSE", ".4f"), ("delta1", "δ<1.25", ".4f")]
@@ -26,6 +28,14 @@ def append_history(run_dir: str, metrics: dict) -> None:
     path = storage.join(run_dir, HISTORY)
     lines = [m for m in read_history(run_dir) if m["epoch"] < metrics["epoch"]] if storage.info(path).is_file else []
     storage.write_bytes(path, "".join(json.dumps(m) + "\n" for m in [*lines, metrics]).encode())
+
+
+def append_resume_changes(run_dir: str, after_epoch: int, changed: dict) -> None:
+    """Record the settings a resume changed, {key: [before, now]}, in RUN/changes.jsonl (the history keeps one line an epoch)."""
+    path = storage.join(run_dir, CHANGES)
+    before = storage.read_bytes(path) if storage.info(path).is_file else b""
+    line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "after_epoch": after_epoch, "changed": changed}
+    storage.write_bytes(path, before + (json.dumps(line) + "\n").encode())
 
 
 def read_history(run_dir: str) -> list[dict]:

@@ -141,6 +141,20 @@ def write_bytes(path, data: bytes) -> None:
         raise failure(path, e) from None
 
 
+def delete(path) -> None:
+    """Remove one file or object; one that is already gone is fine."""
+    if not is_uri(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    fs, inner = filesystem(path)
+    try:
+        fs.delete_file(inner)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise failure(path, e) from None
+
+
 def upload_dir(local: str, uri: str) -> None:
     """Copy a local folder's files to a URI or another local folder (overwriting what is there)."""
     if not is_uri(uri):

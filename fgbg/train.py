@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +22,7 @@ import torch
 from . import checkpoints, storage
 from .batch import drop_bad, prepare_batch
 from .cluster import check_room, connect, quiet_ray_data
-from .config import Config
+from .config import Config, changes_on_resume
 from .errors import FgbgError, find_bad_sample
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
@@ -29,7 +30,8 @@ from .model import build_model
 from .optim import Schedule, build_ema, build_optimizer
 from .profiling import RunProfiler
 from .progress import Progress, relay
-from .report import append_history, write_report
+from .report import append_history, append_resume_changes, write_report
+from .runlock import RunLock
 from .step import TrainStep, evaluate_batches, wait_for
 
 PARTS = ("loss", "loss_mask", "loss_mask_dice", "loss_depth_ssim", "loss_depth_l1")  # the loss's parts, as TrainStep returns them
@@ -393,11 +395,6 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, start
 
 def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     """Train as configured; returns the last epoch's metrics and where the run lives."""
-    import ray
-    import ray.train
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     startup = {"driver": time.time()}
     cfg = cfg.resolved()
     storage.check_bucket(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
@@ -406,6 +403,22 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     if last and last[-1][1]["epoch"] >= cfg.epochs:
         print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
         return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}
+    with RunLock(cfg.run_dir):  # one driver per run; an unwritable run folder stops here too
+        if last:  # a resume: the settings it changes (resolved() refused those it may not) go on record
+            changed = changes_on_resume(Config.load(storage.join(cfg.run_dir, "config.yaml"), saved=True), cfg)
+            if changed:
+                append_resume_changes(cfg.run_dir, last[-1][1]["epoch"], changed)
+                print(f"{cfg.run_dir}: resuming after epoch {last[-1][1]['epoch']} with "
+                      + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+        return _fit(cfg, tables, startup, address, verbose)
+
+
+def _fit(cfg: Config, tables: dict, startup: dict, address: str | None, verbose: bool) -> dict:
+    import ray
+    import ray.train
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
     connect(address, num_cpus=max(os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker) + 1), verbose=verbose)
     quiet_ray_data()

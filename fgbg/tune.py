@@ -21,10 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from . import storage
-from .config import Config
+from .config import Config, as_number, read_yaml
 from .errors import FgbgError
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -42,10 +40,7 @@ class Space:
 
 def load_space(path: str | Path) -> Space:
     """Read and check a space file; every mistake is an error naming its key, before any trial starts."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise FgbgError(f"{path}: cannot read the search space ({e})") from None
+    raw = read_yaml(str(path), "search space") or {}
     if not isinstance(raw, dict):
         raise FgbgError(f"{path}: expected a mapping with space:, fixed: and objective:")
     extra = set(raw) - {"space", "fixed", "objective"}
@@ -66,6 +61,10 @@ def load_space(path: str | Path) -> Space:
             if not isinstance(args, list) or not args:
                 raise FgbgError(f"{where}: {kind} takes a non-empty list of values")
         else:
+            try:  # (PyYAML reads 1e-3 as a string)
+                args = dist[kind] = [as_number(a, int if kind == "randint" else float) for a in args]
+            except (TypeError, ValueError):
+                pass
             if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args) and args[0] < args[1]):
                 raise FgbgError(f"{where}: {kind} takes [low, high] with low < high, not {args!r}")
             if kind == "loguniform" and args[0] <= 0:
@@ -82,8 +81,6 @@ def load_space(path: str | Path) -> Space:
     for values in _corners(space):
         try:
             Config.from_dict({**fixed, **({"objective": objective} if objective else {}), **values}, source=str(path))
-        except FgbgError as e:
-            raise FgbgError(f"{path}: {e}") from None
         except TypeError as e:
             raise FgbgError(f"{path}: a value has the wrong type ({e})") from None
     return Space(space, fixed, objective, str(path))

@@ -19,7 +19,19 @@ def test_yaml_then_flags_override(tmp_path):
     "text, match",
     [
         ("epochz: 3\n", "unknown key\\(s\\) epochz"),
-        ("size: 100\n", "multiple of 16"),
+        ("size: 100\n", "c.yaml: size: expected an integer that is a multiple of 16 .*, not 100"),
+        ("lr: abc\n", "c.yaml: lr: expected a number > 0, not 'abc'"),
+        ("width: -1\n", "width: expected a number > 0, not -1"),
+        ("epochs: 0\n", "epochs: expected an integer ≥ 1, not 0"),
+        ("epochs: 2.5\n", "epochs: expected an integer ≥ 1, not 2.5"),
+        ("w_dice: -0.5\n", "w_dice: expected a number ≥ 0, not -0.5"),
+        ("batch_size: true\n", "batch_size: expected an integer ≥ 1, not True"),
+        ("gpu: 1\n", "gpu: expected true or false, not 1"),
+        ("widths: [8, 8, 0, 16, 16]\n", "widths: expected a list of integers, each ≥ 1"),
+        ("lr_factor: 1.5\n", "lr_factor: expected a number in \\(0, 1\\)"),
+        ("ema: 1\n", "ema: expected a number in \\[0, 1\\)"),
+        ("name: [a]\n", "name: expected a string"),
+        ("epochs: 3\nlr: [1\n", "c.yaml, line 3, column 1: not valid YAML \\(expected ',' or ']', but got '<stream end>'"),
         ("on_bad: ignore\n", "on_bad must be"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("widths: [1, 2]\n", "5 stage widths"),
@@ -53,3 +65,12 @@ def test_resolved_names_the_run_makes_paths_absolute_and_resumes_old_runs_as_the
     (tmp_path / "runs" / "old" / "config.yaml").write_text("width: 1.0\nepochs: 2\n")  # an earlier fgbg's run
     resumed = Config(out="runs", name="old", diff_input=True, schedule="cosine", epochs=4).resolved()
     assert (resumed.diff_input, resumed.schedule, resumed.epochs) == (False, "plateau", 4)
+
+
+def test_numbers_written_the_usual_ways_keep_working(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nepochs: '12'\nwidth: 1\nweight_decay: 0\n")  # PyYAML reads 1e-3 as a string
+    cfg = Config.load(str(path), batch_size="16")
+    assert (cfg.lr, cfg.epochs, cfg.width, cfg.weight_decay, cfg.batch_size) == (1e-3, 12, 1.0, 0.0, 16)
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.width, float)
+    assert Config(test_samples=None, max_failures=-1).max_failures == -1

@@ -83,9 +83,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, syn
         ({"space": {"widht": {"choice": [1]}}}, "space.widht: not a training config key"),
         ({"space": {"width": {"normal": [0, 1]}}}, "space.width: expected one of choice"),
         ({"space": {"lr": {"loguniform": [0, 1]}}}, "space.lr: loguniform needs low > 0"),
+        ({"space": {"lr": {"loguniform": ["1e-2", "abc"]}}}, "space.lr: loguniform takes \\[low, high\\]"),
+        ({"space": {"lr": {"choice": ["abc"]}}}, "bad.yaml: lr: expected a number > 0, not 'abc'"),
         ({"space": {"lr": {"uniform": [1, 0.1]}}}, "space.lr: uniform takes \\[low, high\\]"),
         ({"space": {"batch_size": {"choice": []}}}, "space.batch_size: choice takes a non-empty list"),
-        ({"space": {"size": {"choice": [32, 50]}}}, "size must be a multiple of 16"),
+        ({"space": {"size": {"choice": [32, 50]}}}, "bad.yaml: size: expected an integer that is a multiple of 16"),
         ({"space": {"lr": {"choice": [0.1]}}, "fixed": {"epochz": 3}}, "fixed.epochz: not a training config key"),
         ({"space": {"lr": {"choice": [0.1]}}, "objective": {"accuracy": 1}}, "objective weighs metrics"),
         ({"spaces": {}}, "unknown section"),
@@ -105,3 +107,12 @@ def test_shipped_spaces_are_valid():
     assert {p.name for p in spaces} >= {"default.yaml", "loss_weights.yaml", "widths.yaml", "batch_size.yaml"}
     for path in spaces:
         assert load_space(path).space
+
+
+def test_numbers_in_a_space_written_as_pyyaml_reads_them(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("space:\n  lr: {loguniform: [1e-4, 1e-2]}\n  batch_size: {choice: ['8', 16]}\nfixed:\n  epochs: 2\n")
+    assert load_space(path).space["lr"] == {"loguniform": [1e-4, 1e-2]}  # PyYAML reads 1e-4 as a string
+    path.write_text("space:\n  lr: {loguniform: [1e-4, 1e-2}\n")
+    with pytest.raises(FgbgError, match=r"space.yaml, line 2, column 31: not valid YAML \(expected ',' or '\]', but got '}'"):
+        load_space(path)

@@ -62,13 +62,18 @@ def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(
 
 def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
     _, cfg = two_worker_run
-    cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3})
+    cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3, "lr": 1e-3})  # harmless changes: allowed, and recorded
     result = fit(cfg)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "resuming after epoch 2 of 3" in out
+    assert "resuming after epoch 2 with epochs 2 → 3, lr 0.003 → 0.001" in err
     assert "epoch 1/3" not in out and "epoch 3/3 done" in out
     assert result["metrics"]["epoch"] == 3
-    assert [m["epoch"] for m in read_history(result["run_dir"])] == [1, 2, 3]  # the history goes on, no epoch twice
+    history = read_history(result["run_dir"])
+    assert [m["epoch"] for m in history] == [1, 2, 3]  # the history goes on, no epoch twice
+    assert history[-1]["lr"] == pytest.approx(1e-3 * 0.01)  # the new peak rate, at the cosine's end
+    changes = [json.loads(line) for line in Path(result["run_dir"], "changes.jsonl").read_text().splitlines()]
+    assert [(c["after_epoch"], c["changed"]) for c in changes] == [(2, {"epochs": [2, 3], "lr": [0.003, 0.001]})]
     assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
     # a worker group started on a finished run (as Tune restarts a trial killed as it finished) trains
     # nothing and reports its last epoch again

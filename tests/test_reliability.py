@@ -1,0 +1,124 @@
+"""Bad input and faults that fgbg meets before or outside a Ray cluster: checkpoints that do not load,
+pairs that do not match, resumes that would change a run's meaning, two drivers for one run.
+(docs/reliability.md lists every fault with the test that shows what fgbg does.)"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fgbg import checkpoints
+from fgbg.config import Config
+from fgbg.errors import FgbgError
+from fgbg.evaluate import predict
+from fgbg.model import build_model
+from fgbg.optim import Schedule, build_optimizer
+from fgbg.runlock import LOCK, RunLock
+from fgbg.train import fit
+
+SMALL = dict(size=32, width=0.25)
+
+
+def _checkpoint(folder, cfg=None):
+    cfg = cfg or Config(**SMALL)
+    folder.mkdir(parents=True)
+    checkpoints.write(folder, build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    return folder
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not weights this model can load"),
+    (lambda p: p.write_bytes(b"not a checkpoint at all"), "not weights this model can load"),
+    (lambda p: torch.save([1, 2, 3], p), "holds a list, not a state_dict"),
+    (lambda p: torch.save(build_model(Config(width=0.5)).state_dict(), p), "another model.s weights: 177 tensors of other shapes"),
+])
+def test_a_checkpoint_that_does_not_load_is_one_error_naming_its_file(tmp_path, damage, reason):
+    folder = _checkpoint(tmp_path / "checkpoint_000000")
+    damage(folder / "model.pt")
+    with pytest.raises(FgbgError, match=f"{folder / 'model.pt'}: .*{reason}"):
+        checkpoints.load_model(folder)
+
+
+def test_predict_refuses_a_pair_of_two_sizes_and_resizes_a_pair_of_another_size(tmp_path):
+    folder = _checkpoint(tmp_path / "checkpoint_000000")
+    Image.fromarray(np.full((80, 100, 3), 200, np.uint8)).save(tmp_path / "fg_bg.jpg")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bg.jpg")
+    with pytest.raises(FgbgError, match=r"fg_bg.jpg is 100×80 but its background .*bg.jpg is 64×64"):
+        predict(folder, tmp_path / "fg_bg.jpg", tmp_path / "bg.jpg", tmp_path / "out")
+    Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "bg.jpg")  # one size, not the model's 32: resized
+    written = predict(folder, tmp_path / "fg_bg.jpg", tmp_path / "bg.jpg", tmp_path / "out")
+    assert Image.open(written[0]["mask"]).size == (100, 80)
+
+
+def test_resuming_may_not_change_the_models_shape_or_the_datas_meaning(tmp_path):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(Config(out=str(tmp_path / "runs"), name="r", **SMALL).to_yaml())
+    with pytest.raises(FgbgError, match=r"resuming it cannot change size 32 → 64, width 0.25 → 0.5"):
+        Config(out=str(tmp_path / "runs"), name="r", size=64, width=0.5).resolved()
+    with pytest.raises(FgbgError, match=r"cannot change test_batches None → \[1\]"):
+        Config(out=str(tmp_path / "runs"), name="r", test_batches=[1], **SMALL).resolved()
+    assert Config(out=str(tmp_path / "runs"), name="r", epochs=20, lr=1e-3, workers=4, **SMALL).resolved().epochs == 20
+
+
+@pytest.mark.parametrize("kind", ["cosine", "plateau"])
+def test_a_new_lr_overrides_the_one_the_optimiser_saved(kind):
+    before, after = Config(schedule=kind, lr=1e-2, epochs=2), Config(schedule=kind, lr=1e-3, epochs=2)
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_optimizer(before, model.parameters())
+    schedule = Schedule(before, optimizer, steps_per_epoch=10)
+    for _ in range(15):
+        optimizer.step()
+        schedule.after_step()
+    rate = optimizer.param_groups[0]["lr"]
+
+    def resume(cfg):  # as the worker loop does: a new optimiser and schedule, then the saved states
+        new = build_optimizer(cfg, model.parameters())
+        new_schedule = Schedule(cfg, new, steps_per_epoch=10)
+        new.load_state_dict(optimizer.state_dict())
+        new_schedule.load_state_dict(schedule.state_dict())
+        return new.param_groups[0]["lr"]
+
+    assert resume(after) == pytest.approx(rate / 10 if kind == "cosine" else 1e-3)  # (plateau: the new rate, without cuts)
+    assert resume(before) == pytest.approx(rate)  # the same lr: where it was
+
+
+def test_one_driver_per_run_and_a_dead_drivers_lock_does_not_block(tmp_path):
+    run = str(tmp_path / "run")
+    with RunLock(run):
+        lock = json.loads((tmp_path / "run" / LOCK).read_text())
+        assert (lock["host"], lock["pid"]) == (socket.gethostname(), os.getpid())
+        with pytest.raises(FgbgError, match=f"another fgbg train is writing this run \\(pid {os.getpid()} on {socket.gethostname()}"):
+            RunLock(run).__enter__()
+    assert not (tmp_path / "run" / LOCK).exists()  # released
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for holder in ({"host": socket.gethostname(), "pid": dead.pid},  # this machine's driver, killed
+                   {"host": "elsewhere", "pid": 1, "beat": time.time() - 120}):  # another machine's, silent for 2 minutes
+        (tmp_path / "run" / LOCK).write_text(json.dumps({"started": 0, "beat": time.time(), **holder}))
+        with RunLock(run):
+            assert json.loads((tmp_path / "run" / LOCK).read_text())["pid"] == os.getpid()
+    (tmp_path / "run" / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0, "beat": time.time()}))
+    with pytest.raises(FgbgError, match="on elsewhere"):  # another machine's driver, alive a moment ago
+        RunLock(run).__enter__()
+
+
+def test_train_refuses_a_run_another_live_driver_holds_and_an_unwritable_out_before_starting_ray(synth_data, tmp_path):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "runs" / "r").mkdir(parents=True)
+        lock = {"host": socket.gethostname(), "pid": other.pid, "started": time.time(), "beat": time.time()}
+        (tmp_path / "runs" / "r" / LOCK).write_text(json.dumps(lock))
+        with pytest.raises(FgbgError, match=f"another fgbg train is writing this run \\(pid {other.pid}"):
+            fit(Config(data=str(synth_data), out=str(tmp_path / "runs"), name="r", epochs=1, batch_size=8, **SMALL))
+    finally:
+        other.kill()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FgbgError, match="cannot write to the run folder"):
+        fit(Config(data=str(synth_data), out=str(tmp_path / "file"), name="r", epochs=1, batch_size=8, **SMALL))
