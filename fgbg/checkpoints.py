@@ -38,11 +38,15 @@ def write(folder: str | Path, weights: dict, state: dict, cfg: Config, metrics: 
 def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
     """(weights, training state, metrics) of a local checkpoint folder, to resume from."""
     folder = Path(folder)
-    state = torch.load(folder / STATE, map_location=device, weights_only=True)
+    state = load_weights(str(folder / STATE), device)  # (the same checks: a dict of tensors and numbers)
     weights = state.pop("model", None)  # an older checkpoint keeps a copy of the weights here
     if (folder / MODEL).is_file():
         weights = load_weights(str(folder / MODEL), device)
-    return weights, state, json.loads((folder / METRICS).read_text())
+    try:
+        metrics = json.loads((folder / METRICS).read_text())
+    except (OSError, ValueError) as e:
+        raise FgbgError(f"{folder / METRICS}: cannot read the checkpoint's metrics ({e})") from None
+    return weights, state, metrics
 
 
 def find(run_dir: str) -> list[tuple[str, dict]]:
@@ -96,5 +100,5 @@ def load_weights(path: str, device="cpu", model: torch.nn.Module | None = None) 
         raise FgbgError(f"{path}: no such file (a checkpoint folder holds {MODEL}, {STATE}, {CONFIG} and {METRICS})") from None
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError … for a damaged file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FgbgError(f"{path}: not weights this model can load ({reason[:300]})") from None
+        raise FgbgError(f"{path}: does not load ({reason[:300]})") from None
     return weights

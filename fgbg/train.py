@@ -62,11 +62,13 @@ def train_func_per_worker(loop_config: dict) -> None:
     train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp, ema=build_ema(cfg, core))
 
     # [2] resume from the last checkpoint Ray Train kept, if there is one
-    start = resume(ray.train.get_checkpoint(), train_step, schedule, device)
+    start = resume(ray.train.get_checkpoint(), train_step, schedule, device, cfg.run_dir)
     if start.epoch >= cfg.epochs:  # a sweep killed as a trial finished restarts it: Tune wants its last epoch again
         ray.train.report(start.metrics)
         return
     out = EpochLog(cfg, rank, loop_config.get("progress"), steps_per_epoch, startup if not start.epoch else None, start.step)
+    if start.damaged:
+        out.say(f"warning: the latest checkpoint does not load ({start.damaged}); resuming from the newest one that does")
     if start.epoch:
         out.say(f"resuming after epoch {start.epoch} of {cfg.epochs}")
 
@@ -118,19 +120,41 @@ def report(metrics: dict, cfg: Config, weights: dict, state: dict, with_checkpoi
 
 @dataclass
 class Start:
-    """Where a worker starts: the first epoch to train (0-based), the best IoU so far, steps taken, the last metrics."""
+    """Where a worker starts: the first epoch to train (0-based), the best IoU so far, steps taken, the last metrics;
+    damaged: why the latest checkpoint did not load, when an older one was taken instead."""
 
     epoch: int = 0
     best_iou: float = -1.0
     step: int = 0
     metrics: dict = field(default_factory=dict)
+    damaged: str = ""
 
 
-def resume(checkpoint, train_step: TrainStep, schedule: Schedule, device) -> Start:
+def resume(checkpoint, train_step: TrainStep, schedule: Schedule, device, run_dir: str = "") -> Start:
     """Load Ray Train's latest checkpoint of this run into the model (and its average), optimiser and schedule;
-    a fresh Start if there is none."""
+    a fresh Start if there is none. If it does not load (a damaged file), the newest of the run's other
+    checkpoints that does is taken (the history is then cut back to it as the next epoch is written)."""
+    import ray.train
+
     if checkpoint is None:
         return Start()
+    try:
+        return _load_checkpoint(checkpoint, train_step, schedule, device)
+    except FgbgError as e:
+        damaged = e
+    latest = os.path.basename(checkpoint.path.rstrip("/"))
+    for folder, _ in reversed(checkpoints.find(run_dir) if run_dir else []):
+        if os.path.basename(folder) != latest:
+            try:
+                start = _load_checkpoint(ray.train.Checkpoint(folder), train_step, schedule, device)
+            except FgbgError:
+                continue
+            start.damaged = str(damaged)
+            return start
+    raise damaged
+
+
+def _load_checkpoint(checkpoint, train_step: TrainStep, schedule: Schedule, device) -> Start:
     with checkpoint.as_directory() as folder:
         weights, state, metrics = checkpoints.read_training_state(folder, device)
     train_step.core.load_state_dict(state.pop("training_weights", weights))
@@ -385,7 +409,8 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, start
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=cfg.out,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="iou", checkpoint_score_order="max"),
+            # the two best by IoU and the latest: a damaged latest one leaves another to resume from
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="iou", checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks,
         ),

@@ -33,8 +33,8 @@ def _checkpoint(folder, cfg=None):
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not weights this model can load"),
-    (lambda p: p.write_bytes(b"not a checkpoint at all"), "not weights this model can load"),
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "does not load"),
+    (lambda p: p.write_bytes(b"not a checkpoint at all"), "does not load"),
     (lambda p: torch.save([1, 2, 3], p), "holds a list, not a state_dict"),
     (lambda p: torch.save(build_model(Config(width=0.5)).state_dict(), p), "another model.s weights: 177 tensors of other shapes"),
 ])
@@ -122,3 +122,45 @@ def test_train_refuses_a_run_another_live_driver_holds_and_an_unwritable_out_bef
     (tmp_path / "file").write_text("")
     with pytest.raises(FgbgError, match="cannot write to the run folder"):
         fit(Config(data=str(synth_data), out=str(tmp_path / "file"), name="r", epochs=1, batch_size=8, **SMALL))
+
+
+def test_a_damaged_latest_checkpoint_gives_way_to_the_newest_good_one_and_the_history_is_cut_back(tmp_path):
+    import ray.train
+
+    from fgbg.losses import MaskDepthLoss
+    from fgbg.report import append_history, read_history
+    from fgbg.step import TrainStep
+    from fgbg.train import resume
+
+    cfg = Config(**SMALL)
+
+    def fresh():
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model.parameters())
+        return TrainStep(model, optimizer, MaskDepthLoss(), torch.device("cpu"), amp=False), Schedule(cfg, optimizer, 10)
+
+    step, schedule = fresh()
+    run = tmp_path / "run"
+    for epoch in (0, 1):
+        folder = run / f"checkpoint_00000{epoch}"
+        folder.mkdir(parents=True)
+        state = {"optimizer": step.optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch, "best_iou": 0.1, "step": 10}
+        checkpoints.write(folder, step.core.state_dict(), state, cfg, {"epoch": epoch + 1, "iou": 0.1 * epoch})
+        append_history(str(run), {"epoch": epoch + 1, "iou": 0.1 * epoch})
+    latest = run / "checkpoint_000001"
+    (latest / "model.pt").write_bytes((latest / "model.pt").read_bytes()[:1000])  # a disk that filled as it was written
+
+    start = resume(ray.train.Checkpoint.from_directory(str(latest)), *fresh(), "cpu", str(run))
+    assert start.epoch == 1 and f"{latest / 'model.pt'}: does not load" in start.damaged  # resumes after epoch 1, not 2
+    append_history(str(run), {"epoch": 2, "iou": 0.5})  # the resumed run's epoch 2 replaces the lost one
+    assert [(m["epoch"], m["iou"]) for m in read_history(str(run))] == [(1, 0.0), (2, 0.5)]
+    (run / "checkpoint_000000" / "state.pt").write_bytes(b"")
+    with pytest.raises(FgbgError, match="checkpoint_000001/model.pt: does not load"):  # none loads: the latest's error
+        resume(ray.train.Checkpoint.from_directory(str(latest)), *fresh(), "cpu", str(run))
+
+
+def test_a_batch_smaller_than_its_workers_and_a_missing_checkpoint_are_errors(tmp_path):
+    with pytest.raises(FgbgError, match="batch_size 2 is smaller than the 4 workers it is split over"):
+        Config(batch_size=2, workers=4)
+    with pytest.raises(FgbgError, match="nothing: not a checkpoint"):
+        checkpoints.load_model(tmp_path / "nothing")
