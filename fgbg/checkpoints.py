@@ -2,8 +2,7 @@
 
 A checkpoint is a folder (`checkpoint_*/` under the run directory, persisted by Ray Train) with:
   model.pt      the weights (a state_dict): what evaluate, predict and resume load
-  state.pt      the rest of the training state: optimiser, schedule, epoch, best IoU, step; with `ema`
-                on, model.pt holds the moving average and state.pt the trained weights ("training_weights")
+  state.pt      the rest of the training state: optimiser, schedule, epoch, best IoU, step
   config.yaml   the run's resolved config
   metrics.json  the epoch's metrics
 Checkpoints written before fgbg 0.1's format settled also hold the weights in state.pt["model"];

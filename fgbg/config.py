@@ -29,7 +29,6 @@ RANGES = {
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
     "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
     "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "ema": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
     "max_failures": (lambda v: v >= -1, "≥ -1 (-1: no limit)"),
 }
 
@@ -142,7 +141,6 @@ class Config:
     warmup_epochs: float = 1.0  # cosine: epochs of linear warm-up from lr/10
     lr_factor: float = 0.8  # plateau: the cut
     lr_patience: int = 2  # plateau: epochs without a better test loss before a cut
-    ema: float = 0.0  # decay of an exponential moving average of the weights, which is evaluated and saved (0: off)
     seed: int = 0
     channels_last: bool = True
     amp: bool = True  # mixed precision: bf16 on CPUs that compute it natively and on GPUs, else fp16 on GPU (fgbg/step.py)

@@ -10,20 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     """Adam (the original's) or AdamW (decoupled weight decay), at cfg.lr."""
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def build_ema(cfg, model: torch.nn.Module) -> AveragedModel | None:
-    """An exponential moving average of the model's weights and buffers with decay cfg.ema, or None when it is 0."""
-    if not cfg.ema:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
 class Schedule:

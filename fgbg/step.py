@@ -46,14 +46,10 @@ def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
 
 
 class TrainStep:
-    """Forward, loss, backward and optimiser step on one batch that is already on the device.
+    """Forward, loss, backward and optimiser step on one batch that is already on the device."""
 
-    ema: an AveragedModel (fgbg.optim.build_ema) updated after every step; it is then the model evaluated.
-    """
-
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, device: torch.device, amp: bool = True,
-                 ema=None):
-        self.model, self.optimizer, self.loss_fn, self.device, self.ema = model, optimizer, loss_fn, device, ema
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, device: torch.device, amp: bool = True):
+        self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
         self.dtype = amp_dtype(device, amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
@@ -70,19 +66,12 @@ class TrainStep:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.ema is not None:
-            self.ema.update_parameters(self.core)
         return parts
 
     @property
     def core(self) -> torch.nn.Module:
         """The model being trained, without a data-parallel wrapper."""
         return getattr(self.model, "module", self.model)
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """The model to evaluate and save: the moving average when there is one, else the trained model."""
-        return self.ema.module if self.ema is not None else self.core
 
 
 def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss_fn=None, channels_last: bool = False,

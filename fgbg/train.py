@@ -27,7 +27,7 @@ from .errors import FgbgError, find_bad_sample
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
 from .model import build_model
-from .optim import Schedule, build_ema, build_optimizer
+from .optim import Schedule, build_optimizer
 from .profiling import RunProfiler
 from .progress import Progress, relay
 from .report import append_history, append_resume_changes, write_report
@@ -59,7 +59,7 @@ def train_func_per_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(cfg, model.parameters())
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
     loss_fn = MaskDepthLoss.from_config(cfg)
-    train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp, ema=build_ema(cfg, core))
+    train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp)
 
     # [2] resume from the last checkpoint Ray Train kept, if there is one
     start = resume(ray.train.get_checkpoint(), train_step, schedule, device, cfg.run_dir)
@@ -89,7 +89,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         stats = train_epoch(train_step, schedule, batches, functools.partial(prepare, size=cfg.size_at(epoch + 1)),
                             on_step=lambda i, parts, epoch=epoch: (profiler.step(), out.step(epoch + 1, i, parts)))
         step += stats.steps
-        test = evaluate_batches(train_step.eval_model, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
+        test = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
                                 on_first=out.grid(epoch + 1))
         # [4] the metric sums of every worker, added up: each worker saw only its shards
         test_sums, train_sums = all_reduce(test.sums, stats.sums(device))
@@ -102,9 +102,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         out.epoch(metrics)
         # [5] rank 0's checkpoint, and every worker's report (a barrier: all call it every epoch)
         state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch, "best_iou": best_iou, "step": step}
-        if train_step.ema is not None:  # model.pt holds the average; these are the weights training goes on from
-            state["training_weights"] = core.state_dict()
-        report(metrics, cfg, train_step.eval_model.state_dict(), state, with_checkpoint=rank == 0)
+        report(metrics, cfg, core.state_dict(), state, with_checkpoint=rank == 0)
     out.close(profiler.finish())
 
 
@@ -131,7 +129,7 @@ class Start:
 
 
 def resume(checkpoint, train_step: TrainStep, schedule: Schedule, device, run_dir: str = "") -> Start:
-    """Load Ray Train's latest checkpoint of this run into the model (and its average), optimiser and schedule;
+    """Load Ray Train's latest checkpoint of this run into the model, optimiser and schedule;
     a fresh Start if there is none. If it does not load (a damaged file), the newest of the run's other
     checkpoints that does is taken (the history is then cut back to it as the next epoch is written)."""
     import ray.train
@@ -157,10 +155,7 @@ def resume(checkpoint, train_step: TrainStep, schedule: Schedule, device, run_di
 def _load_checkpoint(checkpoint, train_step: TrainStep, schedule: Schedule, device) -> Start:
     with checkpoint.as_directory() as folder:
         weights, state, metrics = checkpoints.read_training_state(folder, device)
-    train_step.core.load_state_dict(state.pop("training_weights", weights))
-    if train_step.ema is not None:
-        train_step.ema.module.load_state_dict(weights)
-        train_step.ema.n_averaged.fill_(max(1, state["step"]))  # (0 would make the next update copy the weights)
+    train_step.core.load_state_dict(weights)
     train_step.optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
     return Start(state["epoch"] + 1, state["best_iou"], state["step"], metrics)

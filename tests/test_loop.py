@@ -1,10 +1,9 @@
 """The worker loop's parts that run without a Ray cluster: the learning-rate schedule, an epoch's metrics, the
-checkpoint format, an epoch's training mode, the moving average of the weights, progressive resizing."""
+checkpoint format, an epoch's training mode, progressive resizing."""
 
 import json
 
 import pytest
-import ray.train
 import torch
 
 from fgbg import checkpoints
@@ -13,9 +12,9 @@ from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.losses import MaskDepthLoss
 from fgbg.model import UNet, build_model
-from fgbg.optim import Schedule, build_ema, build_optimizer, warmup_cosine
+from fgbg.optim import Schedule, build_optimizer, warmup_cosine
 from fgbg.step import TrainStep
-from fgbg.train import PARTS, EpochStats, epoch_metrics, resume, train_epoch
+from fgbg.train import PARTS, EpochStats, epoch_metrics, train_epoch
 
 
 def test_warmup_then_cosine_by_hand():
@@ -97,8 +96,7 @@ def test_checkpoint_round_trip_and_an_older_checkpoint_still_loads(tmp_path):
 
 def _step(cfg: Config) -> TrainStep:
     model = build_model(cfg)
-    return TrainStep(model, build_optimizer(cfg, model.parameters()), MaskDepthLoss.from_config(cfg), torch.device("cpu"), amp=False,
-                     ema=build_ema(cfg, model))
+    return TrainStep(model, build_optimizer(cfg, model.parameters()), MaskDepthLoss.from_config(cfg), torch.device("cpu"), amp=False)
 
 
 def _batch(n: int = 4, side: int = 32) -> dict:
@@ -108,7 +106,7 @@ def _batch(n: int = 4, side: int = 32) -> dict:
 
 
 def test_an_epoch_trains_in_training_mode_after_evaluation_left_the_model_in_eval_mode():
-    cfg = Config(width=0.25, epochs=1, ema=0.0)
+    cfg = Config(width=0.25, epochs=1)
     step = _step(cfg)
     step.core.eval()  # as evaluate_batches leaves it
     bn = step.core.inc[0][1]
@@ -117,32 +115,6 @@ def test_an_epoch_trains_in_training_mode_after_evaluation_left_the_model_in_eva
     stats = train_epoch(step, Schedule(cfg, step.optimizer, 2), [decoded] * 2, lambda batch: _batch(), lambda i, parts: None)
     assert stats.steps == 2 and step.core.training
     assert not torch.equal(bn.running_mean, before)  # BatchNorm used the batches' statistics and updated its own
-
-
-def test_the_moving_average_trails_the_weights_is_what_is_evaluated_and_resumes(tmp_path):
-    cfg = Config(width=0.25, ema=0.9, lr=1e-2, warmup_epochs=0)
-    step = _step(cfg)
-    schedule = Schedule(cfg, step.optimizer, 10)
-    first = step.core.mask_head.weight.detach().clone()
-    for _ in range(3):
-        step(_batch())
-    w, avg = step.core.mask_head.weight.detach(), step.eval_model.mask_head.weight.detach()
-    assert step.eval_model is step.ema.module and int(step.ema.n_averaged) == 3
-    # the first update copies the weights after step 1; each later one moves 10% of the way to the new weights
-    assert not torch.equal(avg, w) and not torch.equal(avg, first)
-    assert (avg - w).abs().sum() < (first - w).abs().sum()
-
-    folder = tmp_path / "checkpoint_000000"
-    folder.mkdir()
-    state = {"optimizer": step.optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": 0, "best_iou": 0.1, "step": 3,
-             "training_weights": step.core.state_dict()}
-    checkpoints.write(folder, step.eval_model.state_dict(), state, cfg, {"epoch": 1, "iou": 0.1})
-    again = _step(cfg)
-    start = resume(ray.train.Checkpoint.from_directory(folder), again, Schedule(cfg, again.optimizer, 10), "cpu")
-    assert start.epoch == 1 and start.step == 3 and int(again.ema.n_averaged) == 3
-    assert torch.equal(again.core.mask_head.weight, w) and torch.equal(again.eval_model.mask_head.weight, avg)
-    loaded, _, _ = checkpoints.load_model(folder, "cpu")  # evaluate and predict load the average
-    assert torch.equal(loaded.mask_head.weight, avg)
 
 
 def test_size_schedule_and_shrinking_a_batch():
