@@ -64,6 +64,8 @@ ARMS = {
     "+ EMA of the weights, decay 0.998": ({"ema": 0.998}, 15, 1000, False),
     "+ 64 then 96 (12 + 3 epochs)": ({"size": 96, "size_schedule": {1: 64, 13: 96}}, 15, 1000, False),
     "+ 64 then 96 (15 + 5 epochs)": ({"size": 96, "size_schedule": {1: 64, 16: 96}}, 20, 1000, False),
+    "+ width 0.5 at 96×96 (same steps)": ({"width": 0.5, "size": 96}, 15, 1000, False),
+    "+ width 0.5 at 96×96, 20 epochs": ({"width": 0.5, "size": 96}, 20, 1000, False),
 }
 
 

@@ -28,10 +28,10 @@ from ablation import OUT, TODAY, data_at, evaluate, train_arm  # noqa: E402
 
 from fgbg.config import Config  # noqa: E402
 
-DEMO = dict(size=64, epochs=20)  # the training flags of `make demo` (Makefile) that differ from Config's defaults
+DEMO = dict(size=96, width=0.5, epochs=20, size_schedule={1: 64, 16: 96})  # the training flags of `make demo` (Makefile) that differ from Config's defaults
 ARMS = {
-    "the original's recipe": dict(size=64, epochs=1000, **TODAY),
     "fgbg's default, as make demo trains": DEMO,
+    "the original's recipe": dict(size=64, epochs=1000, **TODAY),
 }
 GOALS = (0.8, 0.9)
 

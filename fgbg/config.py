@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ RANGES = {
 
 def as_number(value, kind: type = float):
     """A YAML or flag value as a number of this kind; numeric strings count (PyYAML reads 1e-3 as a string). ValueError if not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # (numpy's numbers too, e.g. from a sweep)
         raise ValueError(value)
     number = float(value) if isinstance(value, str) else value
     if kind is int:
