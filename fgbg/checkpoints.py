@@ -37,10 +37,10 @@ def write(folder: str | Path, weights: dict, state: dict, cfg: Config, metrics: 
 def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
     """(weights, training state, metrics) of a local checkpoint folder, to resume from."""
     folder = Path(folder)
-    state = load_weights(str(folder / STATE), device)  # (the same checks: a dict of tensors and numbers)
+    state = load_tensors(str(folder / STATE), device)  # (the same checks: a dict of tensors and numbers)
     weights = state.pop("model", None)  # an older checkpoint keeps a copy of the weights here
     if (folder / MODEL).is_file():
-        weights = load_weights(str(folder / MODEL), device)
+        weights = load_tensors(str(folder / MODEL), device)
     try:
         metrics = json.loads((folder / METRICS).read_text())
     except (OSError, ValueError) as e:
@@ -75,13 +75,14 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[torch.nn
     ckpt = resolve(checkpoint)
     cfg = Config.load(storage.join(ckpt, CONFIG), saved=True)
     model = build_model(cfg)
-    load_weights(storage.join(ckpt, MODEL), device, model)
+    load_tensors(storage.join(ckpt, MODEL), device, model)
     return model.to(device).eval(), cfg, ckpt
 
 
-def load_weights(path: str, device="cpu", model: torch.nn.Module | None = None) -> dict:
-    """The state_dict in a checkpoint's model.pt (checked against a model when one is given); a file that is
-    truncated, is not a state_dict or holds another model's weights is an FgbgError naming it."""
+def load_tensors(path: str, device="cpu", model: torch.nn.Module | None = None) -> dict:
+    """The dict of tensors in a checkpoint's model.pt or state.pt, loaded with weights_only (and checked against a
+    model when one is given); a file that is truncated, is not such a dict or holds another model's weights is an
+    FgbgError naming it."""
     try:
         weights = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
         if not isinstance(weights, dict):

@@ -201,9 +201,13 @@ class Config:
         if not storage.info(saved).is_file:
             return Config.from_dict(values)
         given = read_yaml(saved) or {}
-        cfg = Config.from_dict({**values, **{k: v for k, v in LEGACY.items() if k not in given}})
-        changes_on_resume(Config.load(saved, saved=True), cfg)  # refuses a change of the model's shape or the data's meaning
-        return cfg
+        return Config.from_dict({**values, **{k: v for k, v in LEGACY.items() if k not in given}})
+
+    def changes_since_saved(self) -> dict:
+        """For a resolved config whose run exists, the settings it changes from the run's saved config.yaml
+        (changes_on_resume: a change of the model's shape or the data's meaning is refused); {} for a new run."""
+        saved = storage.join(self.run_dir, "config.yaml")
+        return changes_on_resume(Config.load(saved, saved=True), self) if storage.info(saved).is_file else {}
 
     def size_at(self, epoch: int) -> int:
         """The side the model trains at in an epoch (1-based): size_schedule's, else size."""

@@ -22,7 +22,7 @@ import torch
 from . import checkpoints, storage
 from .batch import drop_bad, prepare_batch
 from .cluster import check_room, connect, quiet_ray_data
-from .config import Config, changes_on_resume
+from .config import Config
 from .errors import FgbgError, find_bad_sample
 from .losses import MaskDepthLoss
 from .metrics import SetMetrics
@@ -417,6 +417,7 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     """Train as configured; returns the last epoch's metrics and where the run lives."""
     startup = {"driver": time.time()}
     cfg = cfg.resolved()
+    changed = cfg.changes_since_saved()  # before anything starts: a resume may not change the model's shape
     storage.check_bucket(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
     tables = load_tables(cfg)
     last = checkpoints.find(cfg.run_dir)
@@ -424,12 +425,10 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
         print(f"{cfg.run_dir}: already trained for {last[-1][1]['epoch']} epochs; nothing to do")
         return {"run_dir": cfg.run_dir, "metrics": last[-1][1]}
     with RunLock(cfg.run_dir):  # one driver per run; an unwritable run folder stops here too
-        if last:  # a resume: the settings it changes (resolved() refused those it may not) go on record
-            changed = changes_on_resume(Config.load(storage.join(cfg.run_dir, "config.yaml"), saved=True), cfg)
-            if changed:
-                append_resume_changes(cfg.run_dir, last[-1][1]["epoch"], changed)
-                print(f"{cfg.run_dir}: resuming after epoch {last[-1][1]['epoch']} with "
-                      + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+        if last and changed:  # a resume: the settings it changes go on record
+            append_resume_changes(cfg.run_dir, last[-1][1]["epoch"], changed)
+            print(f"{cfg.run_dir}: resuming after epoch {last[-1][1]['epoch']} with "
+                  + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
         return _fit(cfg, tables, startup, address, verbose)
 
 

@@ -61,10 +61,11 @@ def test_resuming_may_not_change_the_models_shape_or_the_datas_meaning(tmp_path)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(Config(out=str(tmp_path / "runs"), name="r", **SMALL).to_yaml())
     with pytest.raises(FgbgError, match=r"resuming it cannot change size 32 → 64, width 0.25 → 0.5"):
-        Config(out=str(tmp_path / "runs"), name="r", size=64, width=0.5).resolved()
+        Config(out=str(tmp_path / "runs"), name="r", size=64, width=0.5).resolved().changes_since_saved()
     with pytest.raises(FgbgError, match=r"cannot change test_batches None → \[1\]"):
-        Config(out=str(tmp_path / "runs"), name="r", test_batches=[1], **SMALL).resolved()
-    assert Config(out=str(tmp_path / "runs"), name="r", epochs=20, lr=1e-3, workers=4, **SMALL).resolved().epochs == 20
+        Config(out=str(tmp_path / "runs"), name="r", test_batches=[1], **SMALL).resolved().changes_since_saved()
+    resumed = Config(out=str(tmp_path / "runs"), name="r", epochs=20, lr=1e-3, workers=4, **SMALL).resolved()
+    assert resumed.changes_since_saved() == {"epochs": [Config.epochs, 20], "lr": [Config.lr, 1e-3], "workers": [Config.workers, 4]}
 
 
 @pytest.mark.parametrize("kind", ["cosine", "plateau"])
