@@ -71,10 +71,26 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from .evaluate import predict
+    from .predict import dataset_rows, pair_rows, predict
 
-    for item in predict(args.checkpoint, args.fg_bg, args.bg, args.out):
-        print(f"{item['fg_bg']}: {item['mask']}, {item['depth']}")
+    if bool(args.data) == bool(args.fg_bg or args.bg) or bool(args.fg_bg) != bool(args.bg):
+        raise FgbgError("predict takes --data DATA (a dataset in the layout), or --fg-bg and --bg (your own pairs)")
+    rows = dataset_rows(args.data, args.split, args.on_bad) if args.data else pair_rows(args.fg_bg, args.bg)
+    concurrency = args.concurrency
+    if concurrency is None and rows.num_rows == 1 and not args.gpu:
+        concurrency = 0  # one pair: no cluster to start
+    r = predict(args.checkpoint, rows, args.out, batch_size=args.batch_size, concurrency=concurrency, gpu=args.gpu,
+                on_bad=args.on_bad, raw=args.raw, address=args.address)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    before = f", {r['done_before']} done before" if r["done_before"] else ""
+    skipped = f", {r['skipped']} skipped (see the error column)" if r["skipped"] else ""
+    print(f"predicted {r['predicted']} samples in {r['seconds']:.1f} s ({r['samples_per_s']:.1f} samples/s){skipped}{before}: "
+          f"{r['out']}/masks, depth, predictions.csv")
+    if "iou" in r:
+        print(f"  IoU {r['iou']:.4f}  SSIM {r['ssim']:.4f}  RMSE {r['rmse']:.4f}  (baseline |fg_bg − bg| > 0.1: IoU {r['baseline_iou']:.4f}); "
+              f"the 16 worst: {r['worst']}")
     return 0
 
 
@@ -227,11 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.set_defaults(run=_evaluate)
 
-    p = verbs.add_parser("predict", help="mask.png and depth.png for your own fg_bg and bg images")
+    p = verbs.add_parser("predict", help="masks and depth maps for a dataset in the layout, or for your own fg_bg and bg images")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
-    p.add_argument("--fg-bg", required=True, help="an image, or a folder of images")
-    p.add_argument("--bg", required=True, help="the background image, or a folder of them named like the fg_bg images")
-    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--data", help="a dataset in the layout (local or s3://): predict its samples, scored against its truths")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all", help="with --data: which samples (default all)")
+    p.add_argument("--fg-bg", help="or: an image, or a folder of images (local or s3://)")
+    p.add_argument("--bg", help="with --fg-bg: the background image, or a folder of them named like the fg_bg images")
+    p.add_argument("--out", required=True, help="folder (or s3:// URI) to write into; a second run into it resumes")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per inference batch (default 32)")
+    p.add_argument("--concurrency", type=int, help="predicting actors (default: one per GPU with --gpu, else one per CPU "
+                   "but one; 0: no Ray, one process; a single pair runs so)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor, mixed precision")
+    p.add_argument("--raw", action="store_true", help="also raw/NAME.npz: mask probability and depth, float16 at the model's size")
+    p.add_argument("--on-bad", choices=["error", "skip"], default="error", help="on a bad image: stop, naming it; or skip it and count it (default error)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.set_defaults(run=_predict)
 
     p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")

@@ -44,23 +44,24 @@ def read_member(source: str, member: str) -> bytes:
 
 
 @contextmanager
-def open_jpeg(data: bytes, source: str = "?", member: str = "?"):
+def open_jpeg(data: bytes, source: str = "?", member: str = "?", formats: tuple[str, ...] = ("JPEG",)):
     """The one JPEG check: an image opened from bytes, and any failure in the block, decoding included,
-    raised as a BadSample naming the zip (or folder) and member."""
+    raised as a BadSample naming the zip (or folder) and member. (A user's own pairs may be PNGs too.)"""
     try:
         img = Image.open(io.BytesIO(data))
-        if img.format != "JPEG":
-            raise BadSample(source, member, f"not a JPEG (found {img.format})")
+        if img.format not in formats:
+            raise BadSample(source, member, f"not a {' or '.join(formats)} (found {img.format})")
         yield img
     except BadSample:
         raise
     except Exception as e:  # PIL raises many kinds for broken or truncated files
-        raise BadSample(source, member, f"undecodable or truncated JPEG ({e})") from None
+        raise BadSample(source, member, f"undecodable or truncated {' or '.join(formats)} ({e})") from None
 
 
-def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?", member: str = "?") -> np.ndarray:
+def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?", member: str = "?",
+                 formats: tuple[str, ...] = ("JPEG",)) -> np.ndarray:
     """A JPEG decoded to uint8 H×W(×3) in mode 'RGB' or 'L', resized to size (w, h)."""
-    with open_jpeg(data, source, member) as img:
+    with open_jpeg(data, source, member, formats) as img:
         img.draft(mode, size)  # let libjpeg decode at a reduced scale when much smaller is wanted
         img = img.convert(mode)
         if img.size != size:

@@ -11,10 +11,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from fgbg import checkpoints
 from fgbg.checkpoints import find as find_checkpoints
+from fgbg.config import Config
+from fgbg.model import build_model
 from fgbg.synth import SynthSpec, write_dataset
 
 from loopback import LoopbackCluster, fake_autoscaling_config, free_port, registered_epoch
@@ -66,6 +70,19 @@ def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, 
     # the progress queue sits with the driver, on the head, where losing a worker node cannot take it
     (queue,) = [a for a in cluster.actors("_QueueActor") if a["job_id"] == driver.id]
     assert queue["node_id"] == next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
+
+
+def test_predict_job_spreads_its_actors_over_both_worker_nodes(cluster, longer_data, tmp_path):
+    cfg = Config(size=64, width=0.25)
+    (tmp_path / "ck").mkdir()
+    checkpoints.write(tmp_path / "ck", build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    job = cluster.submit(f"python jobs/predict.py --checkpoint {tmp_path / 'ck'} --data {longer_data} --out {tmp_path / 'p'} "
+                         "--concurrency 2 --batch-size 16")
+    status = cluster.wait_job(job, 300)
+    assert status == "SUCCEEDED", cluster.jobs.get_job_logs(job)[-3000:]
+    table = pq.read_table(tmp_path / "p" / "predictions.parquet")
+    assert table.num_rows == 320 and len(set(table["name"].to_pylist())) == 320
+    assert set(table["node"].to_pylist()) == {n.node_id for n in cluster.workers}
 
 
 def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(cluster, longer_data, tmp_path):

@@ -8,15 +8,12 @@ import socket
 import subprocess
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fgbg import checkpoints
 from fgbg.config import Config
 from fgbg.errors import FgbgError
-from fgbg.evaluate import predict
 from fgbg.model import build_model
 from fgbg.optim import Schedule, build_optimizer
 from fgbg.runlock import LOCK, RunLock
@@ -43,17 +40,6 @@ def test_a_checkpoint_that_does_not_load_is_one_error_naming_its_file(tmp_path, 
     damage(folder / "model.pt")
     with pytest.raises(FgbgError, match=f"{folder / 'model.pt'}: .*{reason}"):
         checkpoints.load_model(folder)
-
-
-def test_predict_refuses_a_pair_of_two_sizes_and_resizes_a_pair_of_another_size(tmp_path):
-    folder = _checkpoint(tmp_path / "checkpoint_000000")
-    Image.fromarray(np.full((80, 100, 3), 200, np.uint8)).save(tmp_path / "fg_bg.jpg")
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bg.jpg")
-    with pytest.raises(FgbgError, match=r"fg_bg.jpg is 100×80 but its background .*bg.jpg is 64×64"):
-        predict(folder, tmp_path / "fg_bg.jpg", tmp_path / "bg.jpg", tmp_path / "out")
-    Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "bg.jpg")  # one size, not the model's 32: resized
-    written = predict(folder, tmp_path / "fg_bg.jpg", tmp_path / "bg.jpg", tmp_path / "out")
-    assert Image.open(written[0]["mask"]).size == (100, 80)
 
 
 def test_resuming_may_not_change_the_models_shape_or_the_datas_meaning(tmp_path):

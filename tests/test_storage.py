@@ -10,16 +10,19 @@ import os
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fgbg import storage
+from fgbg import checkpoints, storage
 from fgbg.checkpoints import find as find_checkpoints
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.evaluate import evaluate
 from fgbg.inspect import inspect_dataset
 from fgbg.layout import MANIFEST_NAME, load_manifest
+from fgbg.model import build_model
+from fgbg.predict import dataset_rows, predict
 from fgbg.train import fit
 from fgbg.tune import sweep
 
@@ -97,3 +100,16 @@ def test_sweep_on_s3_data_writes_its_trials_and_results_to_s3(ray_cluster, s3_da
     assert Config.load(f"{exp}/best_config.yaml").w_depth == r["best"]["w_depth"]
     assert storage.info(f"{exp}/sweep.png").size > 10_000
     assert all(find_checkpoints(f"{exp}/trials/{row['trial']}") for row in rows)
+
+
+def test_predict_reads_a_dataset_in_the_bucket_and_writes_its_outputs_there(ray_cluster, s3_data, tmp_path):
+    cfg = Config(size=32, width=0.25)
+    (tmp_path / "ck").mkdir()
+    checkpoints.write(tmp_path / "ck", build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    out = f"s3://{BUCKET}/predictions"
+    r = predict(str(tmp_path / "ck"), dataset_rows(s3_data), out, batch_size=8, concurrency=1)
+    assert (r["samples"], r["predicted"]) == (48, 48) and r["worst"] == f"{out}/worst.png"
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/predictions.parquet")))
+    assert table["mask_file"][0].as_py() == f"{out}/masks/{table['name'][0].as_py()}.png"
+    assert sum(f.path.endswith(".png") for f in storage.listdir(f"{out}/masks", recursive=True)) == 48
+    assert predict(str(tmp_path / "ck"), dataset_rows(s3_data), out, concurrency=1)["done_before"] == 48  # resumed: nothing left
