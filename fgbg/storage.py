@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 
 from .errors import FgbgError
 
+S3_ATTEMPTS = 8  # per request (pyarrow's default: 3, with a retry quota); Ray Train's own checkpoint uploads keep that
 READ_AHEAD = 32 * 1024  # a 160×160 JPEG is 5–10 KB (bench/s3_read.py, docs/benchmarks.md)
 _FILESYSTEMS: dict[tuple[int, str], pafs.FileSystem] = {}
 
@@ -48,10 +49,22 @@ def filesystem(path) -> tuple[pafs.FileSystem, str]:
     key = (os.getpid(), f"{scheme}://{bucket}")  # a forked child makes its own client
     if key not in _FILESYSTEMS:
         try:
-            _FILESYSTEMS[key] = pafs.FileSystem.from_uri(key[1])[0]
+            _FILESYSTEMS[key] = _with_retries(pafs.FileSystem.from_uri(key[1])[0])
         except (pa.ArrowException, OSError, ValueError) as e:
             raise FgbgError(f"{path}: cannot open this location ({e})") from None
     return _FILESYSTEMS[key], rest.rstrip("/")
+
+
+def _with_retries(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """An S3 filesystem that tries each request up to S3_ATTEMPTS times with exponential backoff: a store that drops
+    or throttles requests (503 SlowDown, a reset connection) costs time, not the run. The AWS SDK's default strategy,
+    not its "standard" one, whose retry quota gave up when a quarter of the requests failed (tests/flaky_s3.py).
+    Other filesystems as they are."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    options = fs.__reduce__()[1][0]  # the options from_uri resolved (endpoint, credentials …), as pickling keeps them
+    options["region"] = fs.region  # (the bucket's region, which from_uri looked up)
+    return pafs.S3FileSystem(**options, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_ATTEMPTS))
 
 
 def failure(path, error: Exception) -> FgbgError:

@@ -30,21 +30,33 @@ BUCKET = "fgbg-test"
 
 
 @pytest.fixture(scope="module")
-def s3_data(synth_data):
-    """The synthetic dataset uploaded to a bucket of a fresh S3 server: its URI."""
+def s3_store():
+    """A fresh S3 server (moto's) behind a proxy that drops every tenth request with 503 SlowDown: the endpoint
+    in the environment is the proxy's, so every object-store test here runs against a store that drops requests."""
+    from flaky_s3 import FlakyS3
     from moto.server import ThreadedMotoServer
 
-    endpoint = urlparse(os.environ["AWS_ENDPOINT_URL"])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=endpoint.port, verbose=False)
+    from loopback import free_port
+
+    upstream = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=upstream, verbose=False)
     server.start()
+    proxy = FlakyS3(urlparse(os.environ["AWS_ENDPOINT_URL"]).port, upstream, every=10)
     try:
-        fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
-        fs.create_dir(BUCKET)
-        for zip_path in sorted(synth_data.glob("*.zip")):  # what `aws s3 cp` would upload: the zips
-            pafs.copy_files(str(zip_path), f"{BUCKET}/data/{zip_path.name}", destination_filesystem=fs)
-        yield f"s3://{BUCKET}/data"
+        yield proxy
     finally:
+        proxy.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_store, synth_data):
+    """The synthetic dataset uploaded to a bucket of the store: its URI."""
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    for zip_path in sorted(synth_data.glob("*.zip")):  # what `aws s3 cp` would upload: the zips
+        pafs.copy_files(str(zip_path), f"{BUCKET}/data/{zip_path.name}", destination_filesystem=fs)
+    return f"s3://{BUCKET}/data"
 
 
 def test_inspect_reads_the_zips_in_the_bucket_and_caches_the_manifest_beside_them(s3_data, synth_data):
@@ -65,8 +77,9 @@ def test_missing_bucket_or_prefix_is_one_error_naming_the_uri(s3_data):
         fit(Config(data=s3_data, out="s3://no-such-bucket/runs", workers=0, size=32, width=0.25, batch_size=8))
 
 
-def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_there(ray_cluster, s3_data, capsys):
+def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_there(ray_cluster, s3_store, s3_data, capsys):
     runs = f"s3://{BUCKET}/runs"
+    dropped = s3_store.dropped
     cfg = dict(data=s3_data, out=runs, name="s3run", workers=2, size=32, width=0.25, batch_size=8, log_every=100)
     fit(Config(**cfg, epochs=1))
     run = f"{runs}/s3run"
@@ -86,6 +99,7 @@ def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_t
     fit(Config(**cfg, epochs=2))
     assert "resuming after epoch 1 of 2" in capsys.readouterr().out
     assert find_checkpoints(run)[-1][1]["epoch"] == 2
+    assert s3_store.dropped - dropped >= 10  # the run, its checkpoints and the evaluation went through dropped requests
 
 
 def test_sweep_on_s3_data_writes_its_trials_and_results_to_s3(ray_cluster, s3_data, tmp_path):
