@@ -283,7 +283,7 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
                 last_line = time.perf_counter()
                 rate = parts.samples / (last_line - start)
                 print(f"predict: {parts.samples}/{todo.num_rows} samples, {rate:.1f} samples/s, "
-                      f"{(todo.num_rows - parts.samples) / max(rate, 1e-9):.0f} s left", flush=True)
+                      f"{(todo.num_rows - parts.samples) / max(rate, 1e-9):.0f} s left", file=sys.stderr, flush=True)
     except Exception as e:
         bad = find_bad_sample(e)
         if bad is None:
