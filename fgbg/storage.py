@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -124,7 +125,47 @@ def open_input(path):
     if not is_uri(path):
         return open(path, "rb")
     fs, inner = filesystem(path)
-    return io.BufferedReader(fs.open_input_file(inner), buffer_size=READ_AHEAD)
+    return io.BufferedReader(_RetryingInput(fs.open_input_file(inner)), buffer_size=READ_AHEAD)
+
+
+class _RetryingInput(io.RawIOBase):
+    """Ranged reads of an object, each tried up to S3_ATTEMPTS times. The AWS SDK retries a throttled request by
+    itself, except a ranged read shorter than the error's own body (zipfile's 22-byte read of a zip's end): the
+    SDK fails writing that body into the range's buffer ("Failed to flush response stream") and gives up."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.pos = f, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.f.size()}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        for attempt in range(S3_ATTEMPTS):
+            try:
+                data = self.f.read_at(len(buffer), self.pos)
+                break
+            except OSError:
+                if attempt == S3_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
 
 
 def read_bytes(path) -> bytes:
