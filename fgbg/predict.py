@@ -123,8 +123,8 @@ def decode_rows(batch: dict, size: int, on_bad: str = "error") -> dict:
                 images[kind] = Image.open(io.BytesIO(data)).size  # (the header again: decode_image checked it)
             if images["fg_bg"] != images["bg"]:
                 (fw, fh), (bw, bh) = images["fg_bg"], images["bg"]
-                raise BadSample(source or name("fg_bg"), name("bg") if source else "", f"is {fw}×{fh} but its background"
-                                f"{'' if source else ' ' + name('bg')} is {bw}×{bh}: the two images of a pair are photos of one scene, of one size")
+                raise BadSample(source or name("fg_bg"), name("fg_bg") if source else "", f"is {fw}×{fh} but its background {name('bg')} "
+                                f"is {bw}×{bh}: the two images of a pair are photos of one scene, of one size")
             out["width"][i], out["height"][i] = images["fg_bg"]
             if name("mask"):
                 out["mask_true"][i, ..., 0] = decode_image(_read(source, name("mask")), "L", (size, size), source, name("mask"))
@@ -158,7 +158,7 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model, self.cfg, _ = load_model(checkpoint, self.device)
+        self.model = load_model(checkpoint, self.device)[0]
         self.dtype = amp_dtype(self.device, amp)
         self.out, self.raw = out, raw
         ray = sys.modules.get("ray")  # imported where this runs in a Ray Data actor; the plain loop does without
