@@ -128,10 +128,23 @@ def open_input(path):
     return io.BufferedReader(_RetryingInput(fs.open_input_file(inner)), buffer_size=READ_AHEAD)
 
 
+def _retried(read):
+    """read(), tried up to S3_ATTEMPTS times. The AWS SDK retries a throttled request by itself, except a read shorter
+    than the error's own body (zipfile's 22-byte read of a zip's end, a run's 100-byte lock file): it fails writing
+    that body into the read's buffer ("Failed to flush response stream") and gives up. A missing object is not retried."""
+    for attempt in range(S3_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == S3_ATTEMPTS - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+
+
 class _RetryingInput(io.RawIOBase):
-    """Ranged reads of an object, each tried up to S3_ATTEMPTS times. The AWS SDK retries a throttled request by
-    itself, except a ranged read shorter than the error's own body (zipfile's 22-byte read of a zip's end): the
-    SDK fails writing that body into the range's buffer ("Failed to flush response stream") and gives up."""
+    """Ranged reads of an object, each one `_retried`."""
 
     def __init__(self, f):
         super().__init__()
@@ -151,14 +164,7 @@ class _RetryingInput(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer) -> int:
-        for attempt in range(S3_ATTEMPTS):
-            try:
-                data = self.f.read_at(len(buffer), self.pos)
-                break
-            except OSError:
-                if attempt == S3_ATTEMPTS - 1:
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt))
+        data = _retried(lambda: self.f.read_at(len(buffer), self.pos))
         buffer[: len(data)] = data
         self.pos += len(data)
         return len(data)
@@ -172,8 +178,12 @@ def read_bytes(path) -> bytes:
     if not is_uri(path):
         return Path(path).read_bytes()
     fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as f:
-        return f.read()
+
+    def read() -> bytes:
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+
+    return _retried(read)
 
 
 def write_bytes(path, data: bytes) -> None:
