@@ -1,13 +1,15 @@
 """Time to quality: wall seconds of training until the fresh-synthetic IoU reaches 0.8 and 0.9, for the
-original's recipe and for fgbg's default, one run each, side by side, each capped at 15 minutes.
+original's recipe and for fgbg's default as `make demo` trains it, one run each, side by side, each capped at
+15 minutes.
 
-Both arms train as bench/ablation.py's rows do (one process, 2 threads, fgbg's own model, loss,
-optimiser, schedule and augmentation, batch 16, at 64×64, on the demo's 1,000 training samples
-drawn at 160×160), and after every epoch the model is evaluated on the fresh synthetic set
-(`fgbg synth` defaults, seed 777, 400 samples); evaluation is not counted in the seconds.
-  - the original's recipe: 6 input channels, BCE + SSIM, Adam at 1e-3, ReduceLROnPlateau; it has no
+Both arms train as bench/ablation.py's rows do (one process, 2 threads, fgbg's own model, loss, optimiser,
+schedule and augmentation, batch 16) on the demo's data (`fgbg synth --batches 4 --per-batch 1000 --seed 0`,
+160×160: its 3,000 training samples), and after every epoch the model is evaluated at its own size on the
+fresh synthetic set (`fgbg synth` defaults, seed 777, 400 samples); evaluation is not counted in the seconds.
+  - the original's recipe at 64×64: 6 input channels, BCE + SSIM, Adam at 1e-3, ReduceLROnPlateau; it has no
     fixed length, so it trains until it reaches 0.9 or the cap;
-  - fgbg's default, as the previous `make demo` ran it (its epochs set the cosine's length).
+  - fgbg's default with `make demo`'s training flags (half width, 5 epochs at 64×64, 3 at 96×96, 2 at
+    160×160: its epochs set the cosine's length).
 
     python bench/quality.py [--cap-minutes 15]
 Prints a table; writes bench/out/quality.json.
@@ -24,29 +26,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ablation import OUT, TODAY, data_at, evaluate, train_arm  # noqa: E402
+from ablation import OUT, TODAY, decoded, evaluate, sets, train_arm  # noqa: E402
 
 from fgbg.config import Config  # noqa: E402
+from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 
-# the training flags of the previous `make demo` (1,000 samples, 64 then 96) that differ from Config's defaults; today's
-# demo (3,000 samples, on to 160×160) is not measured here yet: docs/benchmarks.md, "Time to quality"
-DEMO = dict(size=96, width=0.5, epochs=20, size_schedule={1: 64, 16: 96})
+DEMO = dict(width=0.5, epochs=10, size_schedule={1: 64, 6: 96, 9: 160})  # `make demo`'s training flags (Makefile) that differ from Config's defaults
 ARMS = {
-    "fgbg's default, as the previous make demo trained": DEMO,
+    "fgbg's default, as make demo trains": DEMO,
     "the original's recipe": dict(size=64, epochs=1000, **TODAY),
 }
+DATA = OUT / "quality-data" / "demo"  # what `make demo` trains on
 GOALS = (0.8, 0.9)
 
 
 def run_arm(name: str, keys: dict, cap_seconds: float, device) -> dict:
     """Train one arm, evaluating after every epoch, until both goals are reached, its epochs end or the cap passes."""
     cfg = Config(batch_size=16, **keys)
-    train, evals = data_at(cfg.size, "demo at 160")
-    train = {k: v[:1000] for k, v in train.items()}
+    if not DATA.exists():
+        write_dataset(SynthSpec(str(DATA), batches=4, per_batch=1000, size=160, seed=0))
+    train = decoded(DATA, cfg.size, batches=[1, 2, 3])
+    fresh = decoded(sets()["fresh synthetic"], cfg.size)
     curve, reached = [], {}
 
     def on_epoch(epoch, model, seconds):
-        iou = evaluate(model, evals["fresh synthetic"], device)["iou"]
+        iou = evaluate(model, fresh, device)["iou"]
         curve.append({"epoch": epoch, "seconds": round(seconds, 1), "iou": round(iou, 4)})
         print(f"{name}: epoch {epoch} {seconds:.0f} s IoU {iou:.3f}", flush=True)
         for goal in GOALS:
@@ -54,7 +58,7 @@ def run_arm(name: str, keys: dict, cap_seconds: float, device) -> dict:
                 reached[goal] = {"seconds": round(seconds, 1), "epoch": epoch}
         return len(reached) == len(GOALS) or seconds > cap_seconds
 
-    train_arm(cfg, train, 1000, device, on_epoch)
+    train_arm(cfg, train, len(train["fg_bg"]), device, on_epoch)
     return {"config": keys, "reached": {str(g): reached.get(g) for g in GOALS}, "curve": curve}
 
 
