@@ -65,6 +65,7 @@ def _with_retries(fs: pafs.FileSystem) -> pafs.FileSystem:
         return fs
     options = fs.__reduce__()[1][0]  # the options from_uri resolved (endpoint, credentials …), as pickling keeps them
     options["region"] = fs.region  # (the bucket's region, which from_uri looked up)
+    options.pop("retry_strategy", None)  # (not kept by pyarrow 26; should a later one keep it, this one replaces it)
     return pafs.S3FileSystem(**options, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_ATTEMPTS))
 
 
