@@ -31,7 +31,10 @@ def write(folder: str | Path, weights: dict, state: dict, cfg: Config, metrics: 
     torch.save(weights, folder / MODEL)
     torch.save(state, folder / STATE)
     (folder / CONFIG).write_text(cfg.to_yaml())
-    (folder / METRICS).write_text(json.dumps(metrics, indent=2))
+    # the other files' sizes: a folder that a full disk or a lost upload left half-copied (Ray Train copies
+    # the files in no set order) is told from a whole one by `find`
+    files = {name: (folder / name).stat().st_size for name in (MODEL, STATE, CONFIG)}
+    (folder / METRICS).write_text(json.dumps({**metrics, "files": files}, indent=2))
 
 
 def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
@@ -49,14 +52,28 @@ def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
 
 
 def find(run_dir: str) -> list[tuple[str, dict]]:
-    """(checkpoint folder, its metrics) for every checkpoint of a run (local or on an object store), oldest first."""
+    """(checkpoint folder, its metrics) for every whole checkpoint of a run (local or on an object store), oldest
+    first; a folder whose files are missing or not the sizes its metrics.json records was not written out whole."""
     found = []
     if storage.is_dir(run_dir):
         for entry in storage.listdir(run_dir):
-            metrics_file = storage.join(run_dir, entry.path, METRICS)
-            if entry.path.startswith("checkpoint_") and storage.info(metrics_file).is_file:
-                found.append((storage.join(run_dir, entry.path), json.loads(storage.read_bytes(metrics_file))))
+            folder = storage.join(run_dir, entry.path)
+            if entry.is_file or not entry.path.startswith("checkpoint_"):
+                continue
+            if (metrics := _whole(folder)) is not None:
+                found.append((folder, metrics))
     return sorted(found, key=lambda c: c[1]["epoch"])
+
+
+def _whole(folder: str) -> dict | None:
+    """A checkpoint folder's metrics, or None unless its metrics.json and the files it lists are all there whole
+    (checkpoints from before the sizes were recorded count as whole when they have metrics.json)."""
+    try:
+        metrics = json.loads(storage.read_bytes(storage.join(folder, METRICS)))
+    except (FileNotFoundError, ValueError):  # (a half-written metrics.json is not JSON)
+        return None
+    sizes = metrics.get("files", {})
+    return metrics if all(storage.info(storage.join(folder, name)).size == size for name, size in sizes.items()) else None
 
 
 def resolve(path) -> str:

@@ -4,9 +4,12 @@ pairs that do not match, resumes that would change a run's meaning, two drivers 
 
 import json
 import os
+import secrets
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +154,67 @@ def test_a_batch_smaller_than_its_workers_and_a_missing_checkpoint_are_errors(tm
         Config(batch_size=2, workers=4)
     with pytest.raises(FgbgError, match="nothing: not a checkpoint"):
         checkpoints.load_model(tmp_path / "nothing")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB filesystem (tmpfs) that a test can fill; mounting needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the fault matrix's full-disk row)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk, leave: int) -> None:
+    """Fill the filesystem until about `leave` bytes are free."""
+    with open(disk / "filler", "wb") as f:
+        while (free := os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize) > leave:
+            f.write(b"\0" * min(free - leave, 1 << 20))
+            f.flush()
+
+
+def test_a_disk_that_fills_ends_the_run_and_keeps_its_last_good_checkpoint(ray_cluster, synth_data, small_disk):
+    cfg = dict(data=str(synth_data), out=str(small_disk), name="r", batch_size=8, workers=1, max_failures=0, **SMALL)
+    fit(Config(epochs=1, **cfg))
+    [(first, metrics)] = checkpoints.find(str(small_disk / "r"))
+    size = sum(f.stat().st_size for f in Path(first).iterdir())
+    _fill(small_disk, leave=size // 2)  # room for half a checkpoint
+    with pytest.raises(FgbgError, match="No space left on device"):
+        fit(Config(epochs=2, **cfg))
+    folders = [p for p in (small_disk / "r").glob("checkpoint_*") if p.is_dir()]
+    assert len(folders) == 2 and checkpoints.find(str(small_disk / "r")) == [(first, metrics)]  # the half-written
+    # epoch 2 is there, and does not take epoch 1's place
+    checkpoints.load_model(first)
+    (small_disk / "filler").unlink()  # room again: the same command resumes after epoch 1
+    result = fit(Config(epochs=2, **cfg))
+    assert result["metrics"]["epoch"] == 2 and checkpoints.find(str(small_disk / "r"))[-1][1]["epoch"] == 2
+
+
+def test_a_local_cluster_serves_http_on_loopback_only_and_its_wider_listeners_refuse_a_client_without_the_token(
+        ray_cluster, tmp_path):
+    import psutil
+
+    node = ray_cluster._private.worker._global_node
+    pids = {os.getpid()}
+    for infos in node.all_processes.values():
+        for info in infos:
+            process = psutil.Process(info.process.pid)
+            pids |= {process.pid, *(c.pid for c in process.children(recursive=True))}
+    listening: dict[int, set[str]] = {}
+    for c in psutil.net_connections("tcp"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            listening.setdefault(c.laddr.port, set()).add(c.laddr.ip)
+    dashboard = int(node.address_info["webui_url"].rsplit(":", 1)[1])
+    assert listening[dashboard] == {"127.0.0.1"}  # the dashboard and the Jobs API: loopback only
+    gcs = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+    assert listening[gcs] - {"127.0.0.1", "::1"}  # Ray 2.60 binds the GCS (and raylets, workers) wider: no setting
+    # … which a client with another token, coming from the network, cannot use: the GCS refuses it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=secrets.token_hex(32))
+    address = f"{ray_cluster.util.get_node_ip_address()}:{gcs}"
+    stranger = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r})"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert stranger.returncode != 0 and "Authentication token is missing or incorrect" in stranger.stderr
