@@ -2,7 +2,8 @@
 
 Runs `make clean demo` N times (each from nothing but .venv: synth, inspect, train, evaluate), timing
 each, and evaluates each run's model with `fgbg evaluate` on:
-  - fresh synthetic sets: `fgbg synth` at its defaults (160×160) with seeds the demo never used;
+  - fresh synthetic sets: `fgbg synth` at its defaults (160×160) with seeds the demo never used, and the same
+    with `--picture-textures 0 --scene-textures 0` (what fgbg synth wrote before those options);
   - photographs: bench/transfer.py's photo set (real photographs; needs scikit-image);
 reporting the model's IoU and SSIM beside the threshold rule's IoU (`baseline_iou`) on the same data,
 per run and their median.
@@ -33,10 +34,13 @@ def evaluation_sets() -> dict[str, Path]:
 
     work = OUT / "demo-eval"
     sets = {}
-    for seed in (777, 778):
-        path = sets[f"fresh synthetic (seed {seed})"] = work / f"fresh{seed}"
-        if not path.exists():
-            subprocess.run([FGBG, "synth", "--out", str(path), "--batches", "1", "--per-batch", "400", "--seed", str(seed), "--quiet"], check=True)
+    # fgbg synth as it is, and as it was before its texture options (drawn textures only: the same bytes as then)
+    for label, folder, options in (("", "fresh", []), (", drawn textures", "fresh-drawn", ["--picture-textures", "0", "--scene-textures", "0"])):
+        for seed in (777, 778):
+            path = sets[f"fresh synthetic{label} (seed {seed})"] = work / f"{folder}{seed}"
+            if not path.exists():
+                subprocess.run([FGBG, "synth", "--out", str(path), "--batches", "1", "--per-batch", "400", "--seed", str(seed), "--quiet",
+                                *options], check=True)
     sets["photographs"] = work / "photos"
     if not sets["photographs"].exists():
         write_photo_set(sets["photographs"], 400, 160)

@@ -15,7 +15,8 @@ from .errors import FgbgError
 def _synth(args) -> int:
     from .synth import SynthSpec, write_dataset
 
-    spec = SynthSpec(args.out, args.batches, args.per_batch, args.size, args.seed, args.format)
+    shares = {k: getattr(args, k) for k in ("picture_textures", "scene_textures") if getattr(args, k) is not None}
+    spec = SynthSpec(args.out, args.batches, args.per_batch, args.size, args.seed, args.format, **shares)
     root = write_dataset(spec, workers=args.workers, progress=not args.quiet)
     print(f"wrote {spec.batches * spec.per_batch} samples in {spec.batches} batches ({spec.format}) to {root}")
     return 0
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160, help="image side in pixels (default 160); depth is half")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
     p.add_argument("--format", choices=["zip", "dir"], default="zip", help="batch{K}_images.zip files or batch{K}/ folders")
+    p.add_argument("--picture-textures", type=float, metavar="SHARE",
+                   help="share of objects textured with a crop of a picture instead of a drawn pattern (default 0.3)")
+    p.add_argument("--scene-textures", type=float, metavar="SHARE",
+                   help="share of samples whose object wears a crop of its own background (default 0.15); "
+                        "0 for both writes what fgbg wrote before these options")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_synth)

@@ -92,9 +92,9 @@ class Scene:
         return float(depth) if np.ndim(depth) == 0 else depth
 
 
-def make_scene(seed: int, bg_id: int, size: int) -> Scene:
-    """One background scene, from (seed, bg_id) alone."""
-    rng = rng_for(seed, 1, bg_id)
+def make_scene(seed: int, bg_id: int, size: int, stream: int = 1) -> Scene:
+    """One background scene, from (seed, bg_id) alone (another stream draws scenes that are no dataset's background)."""
+    rng = rng_for(seed, stream, bg_id)
     H = W = size
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     horizon = int(H * rng.uniform(0.22, 0.62))
@@ -262,15 +262,18 @@ def _object_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
     return alpha[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
 
-def _shade(rng: np.random.Generator, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Texture and light an object's silhouette: returns an RGBA float patch."""
+def _shade(rng: np.random.Generator, alpha: np.ndarray, colour: np.ndarray, picture: np.ndarray | None = None) -> np.ndarray:
+    """Texture and light an object's silhouette: returns an RGBA float patch. A picture (float, the silhouette's
+    size) is its texture instead of a drawn pattern."""
     h, w = alpha.shape
-    texture = rng.choice(["flat", "noise", "stripes", "spots", "gradient", "two-tone"])
+    texture = "picture" if picture is not None else rng.choice(["flat", "noise", "stripes", "spots", "gradient", "two-tone"])
     base = np.broadcast_to(colour, (h, w, 3)).astype(np.float32).copy()
     n = _noise(rng, h, w, octaves=4, base=2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     second = _palette_colour(rng, "any")
-    if texture == "noise":
+    if texture == "picture":
+        base = picture.copy()
+    elif texture == "noise":
         base *= (0.6 + 0.8 * n)[..., None]
     elif texture == "stripes":
         a = rng.uniform(0, math.pi)
@@ -304,10 +307,31 @@ def resize_rgba(rgba: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.clip(out, 0, 1).astype(np.float32)
 
 
+def crop_resized(rng: np.random.Generator, picture: np.ndarray, w: int, h: int, min_frac: float = 0.2) -> np.ndarray:
+    """A random crop of a picture (float H×W×3) with the aspect of w×h, resized to w×h."""
+    H, W = picture.shape[:2]
+    frac = float(rng.uniform(min_frac, 1.0))
+    ch = max(2, int(min(H, W * h / max(w, 1)) * frac))
+    cw = max(2, min(W, int(ch * w / max(h, 1))))
+    y, x = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+    crop = np.ascontiguousarray(picture[y : y + ch, x : x + cw])
+    return np.stack([np.asarray(Image.fromarray(crop[..., c]).resize((w, h), Image.BILINEAR)) for c in range(3)], axis=-1)
+
+
 @lru_cache(maxsize=256)
-def make_foreground(seed: int, fg_id: int, size: int) -> np.ndarray:
-    """One foreground object as an RGBA float patch at the size it has nearest the camera."""
+def make_foreground(seed: int, fg_id: int, size: int, picture_textures: float = 0.0) -> np.ndarray:
+    """One foreground object as an RGBA float patch at the size it has nearest the camera.
+
+    A share `picture_textures` of objects wear a crop of a picture (a scene drawn for that object alone,
+    never a dataset background) instead of a drawn pattern (flat, noise, stripes, spots …), as clothes,
+    fur and printed things in photographs carry the same kinds of texture as the world behind them.
+    Those draws come from a stream of their own: with 0, every object is what it was before the option.
+    """
     rng = rng_for(seed, 2, fg_id)
     height = int(size * rng.uniform(0.3, 0.65))
     alpha = _object_alpha(rng, height)
-    return _shade(rng, alpha, _palette_colour(rng, "any"))
+    pick = rng_for(seed, 8, fg_id)
+    picture = None
+    if pick.random() < picture_textures:
+        picture = crop_resized(pick, make_scene(seed, fg_id, size, stream=7).image, alpha.shape[1], alpha.shape[0])
+    return _shade(rng, alpha, _palette_colour(rng, "any"), picture)

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import FgbgError
 from .layout import FOLDERS
-from .scenes import Scene, blur, encode_jpeg, make_foreground, make_scene, paste, resize_rgba, rng_for, to_uint8
+from .scenes import Scene, blur, crop_resized, encode_jpeg, make_foreground, make_scene, paste, resize_rgba, rng_for, to_uint8
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same seed gives the same zip bytes
 
@@ -44,6 +44,8 @@ class SynthSpec:
     foregrounds: int = 100
     backgrounds_per_batch: int = 10
     positions: int = 20
+    picture_textures: float = 0.3  # share of objects textured with a crop of a picture instead of a drawn pattern
+    scene_textures: float = 0.15  # share of samples whose object wears a crop of the scene it stands in
 
 
 # ---------------------------------------------------------------- samples
@@ -54,12 +56,14 @@ def _cached_scene(seed: int, bg_id: int, size: int) -> Scene:
     return make_scene(seed, bg_id, size)
 
 
-def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: int) -> dict[str, np.ndarray]:
-    """fg_bg, mask (H×W uint8) and depth (H/2×W/2 uint8) for one sample of the grid."""
+def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: int, picture_textures: float = SynthSpec.picture_textures,
+                  scene_textures: float = SynthSpec.scene_textures) -> dict[str, np.ndarray]:
+    """fg_bg, mask (H×W uint8) and depth (H/2×W/2 uint8) for one sample of the grid (the textures: SynthSpec's)."""
     base = _cached_scene(seed, bg_id, size)
     scene = Scene(base.image.copy(), base.depth.copy(), base.horizon)
     rng = rng_for(seed, 3, fg_id, bg_id, flip, pos)
-    obj = make_foreground(seed, fg_id, size)
+    pick = rng_for(seed, 9, fg_id, bg_id, flip, pos)  # the scene-texture draws, apart: with 0, samples are as before
+    obj = make_foreground(seed, fg_id, size, picture_textures)
     if flip:
         obj = obj[:, ::-1]
     H = W = size
@@ -69,6 +73,8 @@ def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: 
     obj = resize_rgba(obj, w, h)
     x0 = int(rng.integers(-w // 4, W - 3 * w // 4))
     y0 = int(foot) - h
+    if pick.random() < scene_textures:  # texture camouflage: the object wears a crop of the scene it stands in
+        obj[..., :3] = np.clip(crop_resized(pick, base.image, w, h) * float(pick.uniform(0.85, 1.15)), 0, 1)
     if rng.random() < 0.3:  # camouflage: tint the object towards the colours around it
         ys, xs = slice(max(y0, 0), max(min(y0 + h, H), max(y0, 0) + 1)), slice(max(x0, 0), max(min(x0 + w, W), max(x0, 0) + 1))
         around = scene.image[ys, xs].reshape(-1, 3).mean(axis=0)
@@ -120,7 +126,7 @@ def _render_chunk(spec: SynthSpec, items: list[tuple[int, int, int, int]], bgs: 
         files.append((f"{FOLDERS['bg']}/bg_img_{bg_id}.jpg", encode_jpeg(to_uint8(scene.image), 90)))
     for f, b, flip, pos in items:
         key = f"{f}_{b}_{flip}_{pos}"
-        s = render_sample(spec.seed, f, b, flip, pos, spec.size)
+        s = render_sample(spec.seed, f, b, flip, pos, spec.size, spec.picture_textures, spec.scene_textures)
         quality = int(rng_for(spec.seed, 5, f, b, flip, pos).integers(75, 96))
         files.append((f"{FOLDERS['fg_bg']}/fg_bg_{key}.jpg", encode_jpeg(s["fg_bg"], quality)))
         files.append((f"{FOLDERS['mask']}/bg_mask_{key}.jpg", encode_jpeg(s["mask"], 90)))
@@ -149,6 +155,9 @@ def write_dataset(spec: SynthSpec, workers: int | None = None, progress: bool = 
         raise FgbgError(f"--size must be an even number of pixels ≥ 16, not {spec.size}")
     if spec.batches < 1 or spec.per_batch < 1:
         raise FgbgError("--batches and --per-batch must be at least 1")
+    for name in ("picture_textures", "scene_textures"):
+        if not 0 <= getattr(spec, name) <= 1:
+            raise FgbgError(f"--{name.replace('_', '-')} must be a share from 0 to 1, not {getattr(spec, name)}")
     root = Path(spec.out)
     root.mkdir(parents=True, exist_ok=True)
     if workers is None:

@@ -78,3 +78,24 @@ def test_foregrounds_vary_in_size_and_colour():
             colours.append(s["fg_bg"][m].mean(0))
     assert np.std(areas) > 0.01 and max(areas) > 3 * np.median(areas)
     assert np.std(np.array(colours), axis=0).mean() > 20
+
+
+def test_texture_shares_change_only_the_objects_pixels_and_scene_textures_camouflage_them():
+    """The same grid cell with drawn textures only (the generator before the options) and with every object textured
+    from a picture and then from its own background: masks, depth and every pixel off the object are the same; on
+    the object, the scene's own texture leaves less difference from the background than a drawn one."""
+    from fgbg.scenes import make_scene
+
+    diffs = {}
+    for shares in ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0)):
+        samples = [render_sample(0, fg, 2, 0, fg, 64, *shares) for fg in range(1, 25)]
+        if shares == (0.0, 0.0):
+            drawn = samples
+        for a, b in zip(drawn, samples):
+            assert (a["mask"] == b["mask"]).all() and (a["depth"] == b["depth"]).all()
+            off = a["mask"] == 0
+            assert (a["fg_bg"][off] == b["fg_bg"][off]).all()
+        assert any((a["fg_bg"] != b["fg_bg"]).any() for a, b in zip(drawn, samples)) == (shares != (0.0, 0.0))
+        bg = (np.clip(make_scene(0, 2, 64).image, 0, 1) * 255).astype(np.float32)
+        diffs[shares] = np.mean([np.abs(s["fg_bg"].astype(np.float32) - bg)[s["mask"] >= 128].mean() for s in samples if (s["mask"] >= 128).sum() > 10])
+    assert diffs[(1.0, 1.0)] < 0.8 * diffs[(0.0, 0.0)]
