@@ -1,10 +1,12 @@
 """An S3 endpoint on loopback that drops some requests: a proxy in front of moto's server that answers every
-Nth request with 503 SlowDown (what S3 says when it sheds load) instead of passing it on."""
+Nth request with 503 SlowDown (what S3 says when it sheds load) instead of passing it on, and, while
+`refuse_writes` is set, every write with 403 AccessDenied (what a bucket policy without s3:PutObject answers)."""
 
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+ACCESS_DENIED = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 SLOW_DOWN = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
 
 
@@ -13,6 +15,7 @@ class FlakyS3:
 
     def __init__(self, port: int, upstream: int, every: int = 10):
         self.every, self.requests, self.dropped = every, 0, 0
+        self.refuse_writes = False
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self, upstream))
         self.server.daemon_threads = True
@@ -52,16 +55,20 @@ def _handler(proxy: FlakyS3, upstream: int):
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else None
 
+        def _error(self, status: int, reason: str, body: bytes) -> None:
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
         def _forward(self):
             body = self._body()
+            if proxy.refuse_writes and self.command in ("PUT", "POST", "DELETE"):
+                return self._error(403, "Forbidden", ACCESS_DENIED)
             if proxy.drop_this_one():
-                self.send_response(503, "Slow Down")
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(SLOW_DOWN)
-                return
+                return self._error(503, "Slow Down", SLOW_DOWN)
             skip = ("connection", "transfer-encoding", "expect", "content-length")
             headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
             if body is not None:

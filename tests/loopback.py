@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A port free on every address: Ray's dashboard agent binds the machine's network address as well as 127.0.0.1,
+    where a port free on loopback alone may be the source port of a connection (`address already in use`)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 

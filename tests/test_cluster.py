@@ -61,7 +61,7 @@ def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, 
     job = cluster.submit(f"{TRAIN} --data {synth_data} --out {tmp_path} --name mn --epochs 2")
     status = cluster.wait_job(job, 300)
     logs = cluster.jobs.get_job_logs(job)
-    assert status == "SUCCEEDED", logs[-3000:]
+    assert status == "SUCCEEDED", (cluster.jobs.get_job_info(job).message, logs[-3000:])  # (the message: a job that never started)
     assert _epochs_done(logs) == Counter({1: 1, 2: 1})
     assert find_checkpoints(tmp_path / "mn")[-1][1]["epoch"] == 2
     driver = cluster.jobs.get_job_info(job).driver_info

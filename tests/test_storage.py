@@ -77,6 +77,15 @@ def test_missing_bucket_or_prefix_is_one_error_naming_the_uri(s3_data):
         fit(Config(data=s3_data, out="s3://no-such-bucket/runs", workers=0, size=32, width=0.25, batch_size=8))
 
 
+def test_a_bucket_that_refuses_writes_stops_training_before_ray_starts(s3_store, s3_data):
+    s3_store.refuse_writes = True
+    try:
+        with pytest.raises(FgbgError, match=rf"s3://{BUCKET}/runs/r/.fgbg-lock: access denied \(check the AWS credentials"):
+            fit(Config(data=s3_data, out=f"s3://{BUCKET}/runs", name="r", workers=1, size=32, width=0.25, batch_size=8))
+    finally:
+        s3_store.refuse_writes = False
+
+
 def test_train_on_s3_data_with_checkpoints_in_s3_then_evaluate_and_resume_from_there(ray_cluster, s3_store, s3_data, capsys):
     runs = f"s3://{BUCKET}/runs"
     dropped = s3_store.dropped
