@@ -1,5 +1,5 @@
-"""Bad input and faults that fgbg meets before or outside a Ray cluster: checkpoints that do not load,
-pairs that do not match, resumes that would change a run's meaning, two drivers for one run.
+"""Bad input and faults: checkpoints that do not load, pairs that do not match, resumes that would change a
+run's meaning, two drivers for one run, a disk that fills while checkpointing, what a local cluster listens on.
 (docs/reliability.md lists every fault with the test that shows what fgbg does.)"""
 
 import json
@@ -193,7 +193,7 @@ def test_a_disk_that_fills_ends_the_run_and_keeps_its_last_good_checkpoint(ray_c
     assert result["metrics"]["epoch"] == 2 and checkpoints.find(str(small_disk / "r"))[-1][1]["epoch"] == 2
 
 
-def test_a_local_cluster_serves_http_on_loopback_only_and_its_wider_listeners_refuse_a_client_without_the_token(
+def test_a_local_cluster_serves_http_on_loopback_only_and_its_wider_listeners_refuse_another_token(
         ray_cluster, tmp_path):
     import psutil
 
