@@ -154,11 +154,12 @@ class Predictor:
     """The model, loaded once per Ray Data actor (or in this process): writes each sample's files and returns the
     sample's row of the table (no images)."""
 
-    def __init__(self, checkpoint: str, out: str, device: str = "cpu", amp: bool = False, raw: bool = False, threads: int = 0):
+    def __init__(self, checkpoint: str, out: str, device: str = "cpu", amp: bool = False, raw: bool = False, threads: int = 0,
+                 model: torch.nn.Module | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model = load_model(checkpoint, self.device)[0]
+        self.model = model if model is not None else load_model(checkpoint, self.device)[0]  # (in this process: the driver's)
         self.dtype = amp_dtype(self.device, amp)
         self.out, self.raw = out, raw
         ray = sys.modules.get("ray")  # imported where this runs in a Ray Data actor; the plain loop does without
@@ -275,7 +276,7 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     bar = tqdm(total=todo.num_rows, unit="sample", desc="predict", disable=None)  # a bar on a terminal only
     last_line, first = start, 0.0
     try:
-        for table in _results(checkpoint, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address):
+        for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address):
             first = first or time.perf_counter() - start  # the start-up: Ray, actors, the model
             parts.add(table)
             bar.update(table.num_rows)
@@ -310,14 +311,15 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     return summary
 
 
-def _results(checkpoint, size, todo: pa.Table, out, batch_size, concurrency, gpu, on_bad, raw, address):
-    """The predictors' output tables (rows without images), in any order."""
+def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurrency, gpu, on_bad, raw, address):
+    """The predictors' output tables (rows without images), in any order; the plain loop predicts with `model`, the
+    driver's, and the actors load the checkpoint."""
     if todo.num_rows == 0:
         return
     if concurrency == 0:  # the plain loop: decode, infer and write in this process, one after another
         if gpu:
             raise FgbgError("--gpu runs on the cluster's GPUs: it needs --concurrency of at least 1")
-        predictor = Predictor(checkpoint, out, raw=raw)
+        predictor = Predictor(checkpoint, out, raw=raw, model=model)
         for part in np.unique(todo["part"].to_numpy()):
             block = todo.filter(pc.equal(todo["part"], part))
             decoded = decode_rows(block.to_pydict(), size, on_bad)
