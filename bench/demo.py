@@ -8,8 +8,8 @@ each, and evaluates each run's model with `fgbg evaluate` on:
 reporting the model's IoU and SSIM beside the threshold rule's IoU (`baseline_iou`) on the same data,
 per run and their median.
 
-    python bench/demo.py [--runs 3]
-Prints a table; writes bench/out/demo.json.
+    python bench/demo.py [--runs 3] [--train-args "--set w_lovasz=1"] [--out demo.json]
+Prints a table; writes bench/out/demo.json (or --out).
 """
 
 from __future__ import annotations
@@ -50,12 +50,14 @@ def evaluation_sets() -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--train-args", default="", help='more `fgbg train` flags for the demo (one lever of the ablation), e.g. "--set w_lovasz=1"')
+    ap.add_argument("--out", default="demo.json", help="file name under bench/out")
     args = ap.parse_args()
     sets = evaluation_sets()
     runs = []
     for i in range(args.runs):
         t0 = time.perf_counter()
-        subprocess.run(["make", "clean", "demo"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["make", "clean", "demo", f"TRAIN_ARGS={args.train_args}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - t0
         keep = OUT / f"demo-run{i + 1}"
         shutil.rmtree(keep, ignore_errors=True)
@@ -72,7 +74,7 @@ def main() -> None:
     for name in sets:
         median[name] = {k: statistics.median(r[name][k] for r in runs) for k in ("iou", "ssim", "baseline_iou")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "demo.json").write_text(json.dumps({"runs": runs, "median": median}, indent=2))
+    (OUT / args.out).write_text(json.dumps({"runs": runs, "median": median}, indent=2))
     print(f"{'':<28}" + "".join(f"{n:>30}" for n in sets) + f"{'make demo s':>14}")
     for label, row in [*((f"run {i + 1}", r) for i, r in enumerate(runs)), ("median", median)]:
         cells = "".join(f"{row[n]['iou']:>12.3f} /{row[n]['ssim']:.3f} /{row[n]['baseline_iou']:.3f}" for n in sets)

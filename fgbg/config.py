@@ -24,7 +24,7 @@ LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "
 # What a key allows beyond its type (checked by Config): a test and the words an error says
 _AT_LEAST_0, _AT_LEAST_1, _ABOVE_0 = (lambda v: v >= 0, "≥ 0"), (lambda v: v >= 1, "≥ 1"), (lambda v: v > 0, "> 0")
 RANGES = {
-    **dict.fromkeys(("w_mask", "w_dice", "w_depth", "w_depth_l1", "weight_decay", "warmup_epochs", "lr_patience", "workers"), _AT_LEAST_0),
+    **dict.fromkeys(("w_mask", "w_dice", "w_lovasz", "w_depth", "w_depth_l1", "weight_decay", "warmup_epochs", "lr_patience", "workers"), _AT_LEAST_0),
     **dict.fromkeys(("epochs", "batch_size", "log_every", "profile_steps", "train_samples", "test_samples", "widths", "test_batches"),
                     _AT_LEAST_1),
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
@@ -125,9 +125,10 @@ class Config:
     widths: list[int] | None = None  # or set the five stage widths directly
     separate_decoders: bool = False  # give depth its own decoder (the original shares one)
     diff_input: bool = True  # |fg_bg − bg| as 3 more input channels (the original: only the 6 of the two images)
-    # loss: w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
+    # loss: w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_lovasz·Lovász(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
     w_mask: float = 1.0
     w_dice: float = 1.0
+    w_lovasz: float = 0.0  # the Lovász hinge on the mask (fgbg/losses.py)
     w_depth: float = 1.0
     w_depth_l1: float = 0.0
     # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics

@@ -1,4 +1,4 @@
-"""The composite loss: BCE (and optionally soft Dice) on the mask logits, 1 − SSIM (and optionally L1) on the depth."""
+"""The composite loss: BCE (and optionally soft Dice and Lovász hinge) on the mask logits, 1 − SSIM (and optionally L1) on the depth."""
 
 from __future__ import annotations
 
@@ -27,8 +27,26 @@ def soft_dice_loss(mask_logits: torch.Tensor, mask_true: torch.Tensor, eps: floa
     return (1 - (2 * inter + eps) / (prob.sum(1) + true.sum(1) + eps)).mean()
 
 
+def lovasz_hinge_loss(mask_logits: torch.Tensor, mask_true: torch.Tensor) -> torch.Tensor:
+    """The Lovász hinge per image, averaged: a convex surrogate of 1 − IoU on the logits (Berman et al., 2018).
+
+    Each pixel's hinge error (1 − logit·sign) is sorted, largest first, and weighted by how much
+    counting it wrong would add to 1 − IoU at that point of the order (the Lovász extension's
+    gradient), so the loss is exactly 1 − IoU's tight convex extension; an empty mask's image
+    costs its largest error.
+    """
+    logits = mask_logits.float().flatten(1)
+    true = mask_true.float().flatten(1)
+    errors, order = (1 - logits * (2 * true - 1)).sort(dim=1, descending=True)
+    true = true.gather(1, order)
+    positives = true.sum(1, keepdim=True)
+    jaccard = 1 - (positives - true.cumsum(1)) / (positives + (1 - true).cumsum(1))
+    weights = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (F.relu(errors) * weights).sum(1).mean()
+
+
 class MaskDepthLoss(torch.nn.Module):
-    """w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth).
+    """w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_lovasz·Lovász hinge(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth).
 
     Returns the total and its parts. SSIM is torchmetrics' with data_range 1 on depths in [0, 1],
     so no per-image renormalisation is needed and no image is dropped for being all black. The
@@ -36,9 +54,10 @@ class MaskDepthLoss(torch.nn.Module):
     training loop reads them only when it logs.
     """
 
-    def __init__(self, w_mask: float = 1.0, w_depth: float = 1.0, w_depth_l1: float = 0.0, w_dice: float = 0.0):
+    def __init__(self, w_mask: float = 1.0, w_depth: float = 1.0, w_depth_l1: float = 0.0, w_dice: float = 0.0,
+                 w_lovasz: float = 0.0):
         super().__init__()
-        self.w_mask, self.w_depth, self.w_depth_l1, self.w_dice = w_mask, w_depth, w_depth_l1, w_dice
+        self.w_mask, self.w_depth, self.w_depth_l1, self.w_dice, self.w_lovasz = w_mask, w_depth, w_depth_l1, w_dice, w_lovasz
 
     def forward(self, mask_logits, depth, mask_true, depth_true) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_true.float())
@@ -50,6 +69,10 @@ class MaskDepthLoss(torch.nn.Module):
             dice = soft_dice_loss(mask_logits, mask_true)
             total = total + self.w_dice * dice
             parts["loss_mask_dice"] = dice.detach()
+        if self.w_lovasz:
+            lovasz = lovasz_hinge_loss(mask_logits, mask_true)
+            total = total + self.w_lovasz * lovasz
+            parts["loss_mask_lovasz"] = lovasz.detach()
         if self.w_depth_l1:
             l1 = F.l1_loss(depth, depth_true)
             total = total + self.w_depth_l1 * l1
@@ -59,4 +82,4 @@ class MaskDepthLoss(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "MaskDepthLoss":
-        return cls(cfg.w_mask, cfg.w_depth, cfg.w_depth_l1, cfg.w_dice)
+        return cls(cfg.w_mask, cfg.w_depth, cfg.w_depth_l1, cfg.w_dice, cfg.w_lovasz)

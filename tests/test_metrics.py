@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fgbg.losses import MaskDepthLoss, soft_dice_loss
+from fgbg.losses import MaskDepthLoss, lovasz_hinge_loss, soft_dice_loss
 from fgbg.metrics import SetMetrics, threshold_iou, threshold_mask
 
 
@@ -91,6 +91,31 @@ def test_soft_dice_by_hand():
     total, parts = MaskDepthLoss(w_mask=0.0, w_depth=0.0, w_dice=2.0)(logits, depth, true, depth)
     assert parts["loss_mask_dice"].item() == pytest.approx(soft_dice_loss(logits, true).item())
     assert total.item() == pytest.approx(2 * parts["loss_mask_dice"].item())
+
+
+def test_lovasz_hinge_by_hand():
+    # certain predictions with margin m: right pixels cost nothing, wrong ones 1 + m each, and the Lovász
+    # extension weighs them so that the loss is (1 + m)·(1 − IoU); the same pair as the Dice test (IoU 2/6)
+    true = torch.zeros(1, 1, 4, 4)
+    true[0, 0, 0, :] = 1
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0, :2] = 1
+    pred[0, 0, 1, :2] = 1
+    for margin in (1.0, 3.0):
+        assert lovasz_hinge_loss(torch.where(pred > 0, margin, -margin), true).item() == pytest.approx((1 + margin) * (1 - 2 / 6))
+    assert lovasz_hinge_loss(torch.where(true > 0, 3.0, -3.0), true).item() == 0.0
+    # logits all 0: every error is 1, and the loss is 1 − IoU of predicting nothing = 1; an empty truth costs its largest error
+    assert lovasz_hinge_loss(torch.zeros(1, 1, 4, 4), true).item() == pytest.approx(1.0)
+    assert lovasz_hinge_loss(torch.full((1, 1, 4, 4), -2.0).index_put_((torch.tensor(0),) * 4, torch.tensor(0.5)),
+                             torch.zeros(1, 1, 4, 4)).item() == pytest.approx(1.5)
+    # per image, averaged over the batch; the loss's part and total follow its weight
+    logits = torch.randn(2, 1, 4, 4)
+    both = lovasz_hinge_loss(logits, true.expand(2, -1, -1, -1))
+    assert both.item() == pytest.approx((lovasz_hinge_loss(logits[:1], true) + lovasz_hinge_loss(logits[1:], true)).item() / 2)
+    depth = torch.rand(2, 1, 12, 12)
+    total, parts = MaskDepthLoss(w_mask=0.0, w_depth=0.0, w_lovasz=0.5)(logits, depth, true.expand(2, -1, -1, -1), depth)
+    assert parts["loss_mask_lovasz"].item() == pytest.approx(both.item())
+    assert total.item() == pytest.approx(0.5 * both.item())
 
 
 def test_threshold_rule_on_a_known_pair():
