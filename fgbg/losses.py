@@ -31,9 +31,9 @@ def lovasz_hinge_loss(mask_logits: torch.Tensor, mask_true: torch.Tensor) -> tor
     """The Lovász hinge per image, averaged: a convex surrogate of 1 − IoU on the logits (Berman et al., 2018).
 
     Each pixel's hinge error (1 − logit·sign) is sorted, largest first, and weighted by how much
-    counting it wrong would add to 1 − IoU at that point of the order (the Lovász extension's
-    gradient), so the loss is exactly 1 − IoU's tight convex extension; an empty mask's image
-    costs its largest error.
+    counting it wrong too would add to 1 − IoU at that point of the order: the Lovász extension of
+    1 − IoU evaluated at the errors, so certain predictions with margin m cost (1 + m)·(1 − IoU).
+    An image whose mask is empty costs its largest error.
     """
     logits = mask_logits.float().flatten(1)
     true = mask_true.float().flatten(1)

@@ -75,13 +75,18 @@ def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
     assert parts["loss_depth_ssim"] > 0.5 and "loss_depth_l1" not in parts
 
 
-def test_soft_dice_by_hand():
-    # 4×4: true foreground is the top row (4 pixels); the prediction is certain on 2 of them and on 2 others
+def _half_right():
+    """4×4: the true foreground is the top row (4 pixels); the prediction holds 2 of them and 2 others (IoU 2/6)."""
     true = torch.zeros(1, 1, 4, 4)
     true[0, 0, 0, :] = 1
     pred = torch.zeros(1, 1, 4, 4)
     pred[0, 0, 0, :2] = 1
     pred[0, 0, 1, :2] = 1
+    return true, pred
+
+
+def test_soft_dice_by_hand():
+    true, pred = _half_right()
     logits = torch.where(pred > 0, 50.0, -50.0)
     assert soft_dice_loss(logits, true, eps=0).item() == pytest.approx(1 - 2 * 2 / (4 + 4))
     assert soft_dice_loss(torch.where(true > 0, 50.0, -50.0), true).item() == pytest.approx(0.0, abs=1e-6)
@@ -95,19 +100,16 @@ def test_soft_dice_by_hand():
 
 def test_lovasz_hinge_by_hand():
     # certain predictions with margin m: right pixels cost nothing, wrong ones 1 + m each, and the Lovász
-    # extension weighs them so that the loss is (1 + m)·(1 − IoU); the same pair as the Dice test (IoU 2/6)
-    true = torch.zeros(1, 1, 4, 4)
-    true[0, 0, 0, :] = 1
-    pred = torch.zeros(1, 1, 4, 4)
-    pred[0, 0, 0, :2] = 1
-    pred[0, 0, 1, :2] = 1
+    # extension weighs them so that the loss is (1 + m)·(1 − IoU)
+    true, pred = _half_right()
     for margin in (1.0, 3.0):
         assert lovasz_hinge_loss(torch.where(pred > 0, margin, -margin), true).item() == pytest.approx((1 + margin) * (1 - 2 / 6))
     assert lovasz_hinge_loss(torch.where(true > 0, 3.0, -3.0), true).item() == 0.0
     # logits all 0: every error is 1, and the loss is 1 − IoU of predicting nothing = 1; an empty truth costs its largest error
     assert lovasz_hinge_loss(torch.zeros(1, 1, 4, 4), true).item() == pytest.approx(1.0)
-    assert lovasz_hinge_loss(torch.full((1, 1, 4, 4), -2.0).index_put_((torch.tensor(0),) * 4, torch.tensor(0.5)),
-                             torch.zeros(1, 1, 4, 4)).item() == pytest.approx(1.5)
+    one_wrong = torch.full((1, 1, 4, 4), -2.0)
+    one_wrong[0, 0, 0, 0] = 0.5  # its error 1.5, the others' −1
+    assert lovasz_hinge_loss(one_wrong, torch.zeros(1, 1, 4, 4)).item() == pytest.approx(1.5)
     # per image, averaged over the batch; the loss's part and total follow its weight
     logits = torch.randn(2, 1, 4, 4)
     both = lovasz_hinge_loss(logits, true.expand(2, -1, -1, -1))
