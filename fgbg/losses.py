@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+# the parts MaskDepthLoss returns, in the order training sums them (the total first; a part whose weight is 0 is absent)
+PARTS = ("loss", "loss_mask", "loss_mask_dice", "loss_mask_lovasz", "loss_depth_ssim", "loss_depth_l1")
+
 
 def ssim_kernel(side: int) -> int:
     """SSIM's Gaussian window: 11 as usual, smaller (odd) for depth maps under 11 pixels."""

@@ -15,6 +15,7 @@ import yaml
 from . import storage
 from .config import Config
 from .errors import FgbgError
+from .losses import PARTS
 
 HISTORY = "history.jsonl"
 CHANGES = "changes.jsonl"
@@ -124,8 +125,7 @@ def write_report(run_dir) -> str:
     params, macs = sum(p.numel() for p in model.parameters()), count_macs(model, cfg.size)
     last = history[-1]
     columns = [("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f")]
-    columns += [(f"train_{k}", k.replace("_", " "), ".4f") for k in ("loss_mask", "loss_mask_dice", "loss_depth_ssim", "loss_depth_l1")
-                if f"train_{k}" in last]
+    columns += [(f"train_{k}", k.replace("_", " "), ".4f") for k in PARTS[1:] if f"train_{k}" in last]
     columns += [("loss", "test loss", ".4f"), *_TEST, ("lr", "lr", ".2e"), ("samples_per_s", "samples/s", ".1f"),
                 ("time_compute", "compute s", ".1f"), ("time_data", "data wait s", ".1f"), ("time_other", "other s", ".1f")]
     totals = {key: sum(m.get(key, 0.0) for m in history) for key, _ in _TIMES}

@@ -24,7 +24,7 @@ from .batch import drop_bad, prepare_batch
 from .cluster import check_room, connect, quiet_ray_data
 from .config import Config
 from .errors import FgbgError, find_bad_sample
-from .losses import MaskDepthLoss
+from .losses import PARTS, MaskDepthLoss
 from .metrics import SetMetrics
 from .model import build_model
 from .optim import Schedule, build_optimizer
@@ -33,8 +33,6 @@ from .progress import Progress, relay
 from .report import append_history, append_resume_changes, write_report
 from .runlock import RunLock
 from .step import TrainStep, evaluate_batches, wait_for
-
-PARTS = ("loss", "loss_mask", "loss_mask_dice", "loss_depth_ssim", "loss_depth_l1")  # the loss's parts, as TrainStep returns them
 
 
 def train_func_per_worker(loop_config: dict) -> None:

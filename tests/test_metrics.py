@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fgbg.losses import MaskDepthLoss, lovasz_hinge_loss, soft_dice_loss
+from fgbg.losses import PARTS, MaskDepthLoss, lovasz_hinge_loss, soft_dice_loss
 from fgbg.metrics import SetMetrics, threshold_iou, threshold_mask
 
 
@@ -117,6 +117,7 @@ def test_lovasz_hinge_by_hand():
     depth = torch.rand(2, 1, 12, 12)
     total, parts = MaskDepthLoss(w_mask=0.0, w_depth=0.0, w_lovasz=0.5)(logits, depth, true.expand(2, -1, -1, -1), depth)
     assert parts["loss_mask_lovasz"].item() == pytest.approx(both.item())
+    assert set(parts) <= set(PARTS)  # training sums every part the loss returns
     assert total.item() == pytest.approx(0.5 * both.item())
 
 
