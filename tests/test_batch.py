@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_reader import _rows
 
-from fgbg.batch import prepare_batch
+from fgbg.batch import paste_objects, prepare_batch
 from fgbg.reader import decode_batch
 
 from original import write_original
@@ -46,3 +47,27 @@ def test_augmentation_jitters_inputs_only_and_flips_jointly():
     assert 16 <= int(flipped.sum()) <= 48
     again = prepare_batch(batch, CPU, generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(out[k], again[k]) for k in out)  # the generator decides every draw
+
+
+
+def test_copy_paste_moves_another_samples_object_with_its_mask_and_depth():
+    """Sample 0 has no object; pasting into every sample, it gets sample 1's: the same mask moved by an even shift,
+    sample 1's pixels inside it with a soft edge, sample 1's depth under it. Samples without an object to take stay."""
+    n, side = 4, 32
+    level = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
+    batch = {"fg_bg": (0.2 * level).expand(n, 3, side, side).clone(), "bg": torch.full((n, 3, side, side), 0.9),
+             "mask": torch.zeros(n, 1, side, side), "depth": (0.1 * level).expand(n, 1, side // 2, side // 2).clone()}
+    batch["mask"][1, :, 4:12, 6:16] = 1
+    out = paste_objects(batch, 1.0, torch.Generator().manual_seed(0))
+    mask = out["mask"][0, 0]
+    moved = [(dy, dx) for dy in range(0, side, 2) for dx in range(0, side, 2) if torch.equal(batch["mask"][1, 0].roll((dy, dx), (0, 1)), mask)]
+    assert len(moved) == 1 and moved != [(0, 0)]
+    core = (-F.max_pool2d(-mask[None, None], 3, 1, 1))[0, 0].bool()  # the object less a one-pixel edge
+    ring = F.max_pool2d(mask[None, None], 3, 1, 1)[0, 0].bool()  # the object and a pixel around it
+    image = out["fg_bg"][0]
+    assert torch.all(image[:, core] == 0.2) and torch.all(image[:, ~ring] == 0.0)
+    assert image[:, ring & ~core].min() > 0 and image[:, ring & ~core].max() < 0.2  # blended along the edge
+    cover = F.avg_pool2d(mask[None, None], 2)[0, 0]
+    assert torch.all(out["depth"][0, 0][cover == 1] == batch["depth"][1, 0, 0, 0]) and torch.all(out["depth"][0, 0][cover == 0] == 0)
+    assert all(torch.equal(out[k][1:], batch[k][1:]) for k in batch) and torch.equal(out["bg"], batch["bg"])
+    assert paste_objects(batch, 0.0, torch.Generator()) is batch
