@@ -59,26 +59,29 @@ def paste_objects(batch: dict, share: float, g: torch.Generator) -> dict:
     the union of both, depth takes the pasted object's.
 
     A pasted object has no shadow under it and may float anywhere, as in composites of photographs (the
-    original dataset's); `fgbg synth` stands every object on the ground above its contact shadow.
+    original dataset's); `fgbg synth` stands every object on the ground above its contact shadow. Batched on
+    the device, with no value read back: a GPU never waits for it.
     """
     x = batch["fg_bg"]
     n, device = len(x), x.device
-    chosen = (torch.rand(n, generator=g, device=device) < share).tolist()
-    shifts = torch.rand(n, 2, generator=g, device=device).tolist()
-    if n < 2 or not any(chosen):
+    if n < 2:
         return batch
-    out = {k: v.clone() for k, v in batch.items()}
-    side, half = x.shape[-1], batch["depth"].shape[-1]
-    for i in (i for i in range(n) if chosen[i]):
-        j = (i + 1) % n
-        dy, dx = (int(s * side) // 2 * 2 for s in shifts[i])  # even, so that depth (at half size) shifts with it
-        mask = batch["mask"][j].roll((dy, dx), (-2, -1))
-        alpha = F.avg_pool2d(mask[None], 3, 1, 1, count_include_pad=False)[0]
-        out["fg_bg"][i] = torch.lerp(out["fg_bg"][i], batch["fg_bg"][j].roll((dy, dx), (-2, -1)), alpha)
-        out["mask"][i] = torch.maximum(out["mask"][i], mask)
-        alpha = F.interpolate(mask[None], size=(half, half), mode="area")[0]
-        out["depth"][i] = torch.lerp(out["depth"][i], batch["depth"][j].roll((dy // 2, dx // 2), (-2, -1)), alpha)
-    return out
+    chosen = (torch.rand(n, 1, 1, 1, generator=g, device=device) < share).float()
+    shift = (torch.rand(n, 2, generator=g, device=device) * torch.tensor(x.shape[-2:], device=device)).long() // 2 * 2
+    source = (torch.arange(n, device=device) + 1) % n
+
+    def moved(v: torch.Tensor, scale: int) -> torch.Tensor:  # each sample's source, rolled by its shift (/ scale: depth)
+        c, h, w = v.shape[1:]
+        rows = (torch.arange(h, device=device) - shift[:, :1] // scale) % h
+        cols = (torch.arange(w, device=device) - shift[:, 1:] // scale) % w
+        pixels = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+        return v[source].reshape(n, c, h * w).gather(2, pixels).view(n, c, h, w)
+
+    mask = moved(batch["mask"], 1) * chosen
+    alpha = F.avg_pool2d(mask, 3, 1, 1, count_include_pad=False)
+    depth_alpha = F.interpolate(mask, size=batch["depth"].shape[-2:], mode="area")
+    return {**batch, "fg_bg": torch.lerp(x, moved(x, 1), alpha), "mask": torch.maximum(batch["mask"], mask),
+            "depth": torch.lerp(batch["depth"], moved(batch["depth"], 2), depth_alpha)}
 
 
 def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0) -> dict:
