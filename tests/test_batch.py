@@ -49,7 +49,6 @@ def test_augmentation_jitters_inputs_only_and_flips_jointly():
     assert all(torch.equal(out[k], again[k]) for k in out)  # the generator decides every draw
 
 
-
 def test_copy_paste_moves_another_samples_object_with_its_mask_and_depth():
     """Sample 0 has no object; pasting into every sample, it gets sample 1's: the same mask moved by an even shift,
     sample 1's pixels inside it with a soft edge, sample 1's depth under it. Samples without an object to take stay."""
