@@ -22,11 +22,11 @@ def drop_bad(batch: dict) -> tuple[dict, int]:
 
 
 def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None,
-                  size: int | None = None, copy_paste: float = 0.0) -> dict:
+                  size: int | None = None, copy_paste: float = 0.0, paste_scene: float = 0.0) -> dict:
     """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
 
     With a generator (on `device`), the batch is augmented for training (`augment`, with copy_paste's share
-    of pasted objects). With a size smaller than the batch's, it is first shrunk to that side (progressive
+    of pasted objects, paste_scene's share of those camouflaged). With a size smaller than the batch's, it is first shrunk to that side (progressive
     resizing: `shrink`).
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -37,7 +37,7 @@ def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True,
     if size is not None and size < out["fg_bg"].shape[-1]:
         out = shrink(out, size)
     if generator is not None:
-        out = augment(out, generator, copy_paste)
+        out = augment(out, generator, copy_paste, paste_scene)
     return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
 
 
@@ -53,47 +53,58 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> tor
     return torch.empty(n, 1, 1, 1, device=device).uniform_(low, high, generator=g)
 
 
-def paste_objects(batch: dict, share: float, g: torch.Generator) -> dict:
-    """Copy-paste: in a share of the samples, the object of the batch's next sample (its fg_bg where its mask is,
-    with a one-pixel soft edge) is pasted onto fg_bg at a random shift (wrapping round the frame); the mask is
-    the union of both, depth takes the pasted object's.
+def paste_objects(batch: dict, share: float, g: torch.Generator, scene: float = 0.0) -> dict:
+    """Copy-paste: in a share of the samples, the object of the batch's next sample (its mask, with a one-pixel soft
+    edge) is pasted onto fg_bg at a random shift (wrapping round the frame); the mask is the union of both, depth
+    takes the pasted object's.
 
-    A pasted object has no shadow under it and may float anywhere, as in composites of photographs (the
-    original dataset's); `fgbg synth` stands every object on the ground above its contact shadow. Batched on
-    the device, with no value read back: a GPU never waits for it.
+    A pasted object wears its own pixels or, in a share `scene` of the pasted ones, the background around it moved
+    by 3–15% of the side (its exposure ×0.85–1.15): a camouflaged object, told from the scene only by its outline
+    and its texture's seam, as an object cut from a photograph of the same kind of scene (brick on brick) is. A
+    pasted object has no shadow under it and may float anywhere, as in composites of photographs (the original
+    dataset's); `fgbg synth` stands every object on the ground above its contact shadow. Batched on the device,
+    with no value read back: a GPU never waits for it.
     """
     x = batch["fg_bg"]
     n, device = len(x), x.device
     if n < 2:
         return batch
+    side = torch.tensor(x.shape[-2:], device=device)
     chosen = (torch.rand(n, 1, 1, 1, generator=g, device=device) < share).float()
-    shift = (torch.rand(n, 2, generator=g, device=device) * torch.tensor(x.shape[-2:], device=device)).long() // 2 * 2
-    source = (torch.arange(n, device=device) + 1) % n
+    shift = (torch.rand(n, 2, generator=g, device=device) * side).long() // 2 * 2
+    nxt = (torch.arange(n, device=device) + 1) % n
 
-    def moved(v: torch.Tensor, scale: int) -> torch.Tensor:  # each sample's source, rolled by its shift (/ scale: depth)
+    def moved(v: torch.Tensor, by: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """Each sample's source (itself when None) rolled by its row of `by`, in v's pixels."""
         c, h, w = v.shape[1:]
-        rows = (torch.arange(h, device=device) - shift[:, :1] // scale) % h
-        cols = (torch.arange(w, device=device) - shift[:, 1:] // scale) % w
+        rows = (torch.arange(h, device=device) - by[:, :1]) % h
+        cols = (torch.arange(w, device=device) - by[:, 1:]) % w
         pixels = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-        return v[source].reshape(n, c, h * w).gather(2, pixels).view(n, c, h, w)
+        return (v if source is None else v[source]).reshape(n, c, h * w).gather(2, pixels).view(n, c, h, w)
 
-    mask = moved(batch["mask"], 1) * chosen
+    texture = moved(x, shift, nxt)
+    if scene:
+        sign = torch.where(torch.rand(n, 2, generator=g, device=device) < 0.5, -1.0, 1.0)
+        near = (torch.empty(n, 2, device=device).uniform_(0.03, 0.15, generator=g) * side * sign).long()
+        around = (moved(batch["bg"], near) * _uniform(n, 0.85, 1.15, g, device)).clamp_(0.0, 1.0)
+        texture = torch.where(torch.rand(n, 1, 1, 1, generator=g, device=device) < scene, around, texture)
+    mask = moved(batch["mask"], shift, nxt) * chosen
     alpha = F.avg_pool2d(mask, 3, 1, 1, count_include_pad=False)
     depth_alpha = F.interpolate(mask, size=batch["depth"].shape[-2:], mode="area")
-    return {**batch, "fg_bg": torch.lerp(x, moved(x, 1), alpha), "mask": torch.maximum(batch["mask"], mask),
-            "depth": torch.lerp(batch["depth"], moved(batch["depth"], 2), depth_alpha)}
+    return {**batch, "fg_bg": torch.lerp(x, texture, alpha), "mask": torch.maximum(batch["mask"], mask),
+            "depth": torch.lerp(batch["depth"], moved(batch["depth"], shift // 2, nxt), depth_alpha)}
 
 
-def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0) -> dict:
+def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scene: float = 0.0) -> dict:
     """Training augmentation per sample: objects pasted from other samples (`paste_objects`, a share copy_paste
-    of the samples); a joint horizontal flip of inputs and targets; jitter on inputs only.
+    of the samples, paste_scene of those camouflaged); a joint horizontal flip of inputs and targets; jitter on inputs only.
 
     The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
     contrast and saturation are jittered together, then each gets a little exposure change of its
     own and sensor noise.
     """
     if copy_paste:
-        batch = paste_objects(batch, copy_paste, g)
+        batch = paste_objects(batch, copy_paste, g, paste_scene)
     x = batch["fg_bg"]
     n, device = len(x), x.device
     flip = torch.rand(n, 1, 1, 1, generator=g, device=device) < 0.5

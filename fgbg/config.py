@@ -18,7 +18,8 @@ OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rms
 # Keys added after runs were already written, with the value that reproduces those runs: a saved config
 # that lacks one (an older checkpoint, evaluated, predicted or resumed) gets this, not today's default.
 # (The defaults' choices are measured in docs/benchmarks.md, "Model quality"; the original's recipe is LEGACY with lr 1e-3.)
-LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau", "copy_paste": 0.0}
+LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau", "copy_paste": 0.0,
+          "paste_scene": 0.0}
 
 
 # What a key allows beyond its type (checked by Config): a test and the words an error says
@@ -30,7 +31,7 @@ RANGES = {
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
     "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
     "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "copy_paste": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    **dict.fromkeys(("copy_paste", "paste_scene"), (lambda v: 0 <= v <= 1, "from 0 to 1")),
     "max_failures": (lambda v: v >= -1, "≥ -1 (-1: no limit)"),
 }
 
@@ -134,6 +135,7 @@ class Config:
     w_depth_l1: float = 0.0
     # augmentation
     copy_paste: float = 0.5  # share of training samples that get another sample's object pasted on, shadowless (fgbg/batch.py)
+    paste_scene: float = 0.6  # share of the pasted objects that wear the background around them instead: camouflage
     # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics
     objective: dict = field(default_factory=lambda: {"iou": 0.5, "ssim": 0.5})
     # optimisation

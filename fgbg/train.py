@@ -79,7 +79,7 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     def prepare(batch, size):
         startup.mark("first_batch")
-        return prepare_batch(batch, device, cfg.channels_last, augment_rng, size, cfg.copy_paste)
+        return prepare_batch(batch, device, cfg.channels_last, augment_rng, size, cfg.copy_paste, cfg.paste_scene)
 
     for epoch in range(start.epoch, cfg.epochs):
         t_epoch = time.perf_counter()

@@ -71,3 +71,27 @@ def test_copy_paste_moves_another_samples_object_with_its_mask_and_depth():
     assert all(torch.equal(out[k][1:], batch[k][1:]) for k in batch) and torch.equal(out["bg"], batch["bg"])
     none = paste_objects(batch, 0.0, torch.Generator())
     assert all(torch.equal(none[k], batch[k]) for k in batch)
+
+
+def test_a_camouflaged_paste_wears_the_background_around_it():
+    """With scene 1, the pasted object's pixels are its own sample's background moved by 3–15% of the side, under
+    one exposure factor in [0.85, 1.15]; its mask and depth are pasted as before."""
+    n, side = 4, 32
+    batch = {"fg_bg": torch.zeros(n, 3, side, side), "bg": 0.1 + 0.7 * torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(1)),
+             "mask": torch.zeros(n, 1, side, side), "depth": torch.zeros(n, 1, side // 2, side // 2)}
+    batch["mask"][1, :, 4:14, 6:18] = 1
+    batch["depth"][1, :, 2:7, 3:9] = 0.5
+    out = paste_objects(batch, 1.0, torch.Generator().manual_seed(0), scene=1.0)
+    mask = out["mask"][0, 0]
+    core = (-F.max_pool2d(-mask[None, None], 3, 1, 1))[0, 0].bool()
+    assert core.sum() > 40 and out["depth"][0].max() == 0.5
+    inside = out["fg_bg"][0][:, core]
+    fits = []
+    for dy in range(-5, 6):
+        for dx in range(-5, 6):
+            ratio = inside / batch["bg"][0].roll((dy, dx), (1, 2))[:, core]
+            if ratio.max() - ratio.min() < 1e-5:
+                fits.append(((dy, dx), ratio.mean().item()))
+    assert len(fits) == 1, fits
+    (dy, dx), factor = fits[0]
+    assert max(abs(dy), abs(dx)) >= 1 and 0.85 <= factor <= 1.15

@@ -30,6 +30,7 @@ def test_yaml_then_flags_override(tmp_path):
         ("widths: [8, 8, 0, 16, 16]\n", "widths: expected a list of integers, each ≥ 1"),
         ("lr_factor: 1.5\n", "lr_factor: expected a number in \\(0, 1\\)"),
         ("copy_paste: 2\n", "copy_paste: expected a number from 0 to 1"),
+        ("paste_scene: -0.1\n", "paste_scene: expected a number from 0 to 1"),
         ("name: [a]\n", "name: expected a string"),
         ("epochs: 3\nlr: [1\n", "c.yaml, line 3, column 1: not valid YAML \\(expected ',' or ']', but got '<stream end>'"),
         ("on_bad: ignore\n", "on_bad must be"),
@@ -48,7 +49,7 @@ def test_bad_configs_name_the_problem(tmp_path, text, match):
 
 def test_a_saved_config_from_before_a_key_existed_keeps_how_it_trained(tmp_path):
     old = tmp_path / "old.yaml"
-    old.write_text("width: 0.5\n")  # written by an fgbg without diff_input, w_dice, optimizer, schedule, copy_paste
+    old.write_text("width: 0.5\n")  # written by an fgbg without diff_input, w_dice, optimizer, schedule, copy_paste, paste_scene
     saved = Config.load(str(old), saved=True)
     assert {k: getattr(saved, k) for k in LEGACY} == LEGACY
     assert Config.load(str(old)).width == 0.5  # a user's own file takes today's defaults
