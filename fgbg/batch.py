@@ -26,8 +26,8 @@ def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True,
     """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
 
     With a generator (on `device`), the batch is augmented for training (`augment`, with copy_paste's share
-    of pasted objects, paste_scene's share of those camouflaged). With a size smaller than the batch's, it is first shrunk to that side (progressive
-    resizing: `shrink`).
+    of pasted objects, paste_scene's share of those camouflaged). With a size smaller than the batch's, it is
+    first shrunk to that side (progressive resizing: `shrink`).
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = {}
@@ -97,7 +97,8 @@ def paste_objects(batch: dict, share: float, g: torch.Generator, scene: float = 
 
 def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scene: float = 0.0) -> dict:
     """Training augmentation per sample: objects pasted from other samples (`paste_objects`, a share copy_paste
-    of the samples, paste_scene of those camouflaged); a joint horizontal flip of inputs and targets; jitter on inputs only.
+    of the samples, paste_scene of those camouflaged); a joint horizontal flip of inputs and targets; jitter on
+    inputs only.
 
     The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
     contrast and saturation are jittered together, then each gets a little exposure change of its
