@@ -58,7 +58,8 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate
 
-    r = evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size, on_bad=args.on_bad, address=args.address)
+    r = evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size, on_bad=args.on_bad, address=args.address,
+                 flip=args.flip)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -81,7 +82,7 @@ def _predict(args) -> int:
     if concurrency is None and rows.num_rows == 1 and not args.gpu:
         concurrency = 0  # one pair: no cluster to start
     r = predict(args.checkpoint, rows, args.out, batch_size=args.batch_size, concurrency=concurrency, gpu=args.gpu,
-                on_bad=args.on_bad, raw=args.raw, address=args.address)
+                on_bad=args.on_bad, raw=args.raw, address=args.address, flip=args.flip)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad", choices=["error", "skip"], default="error", help="on a bad sample: stop, naming it; or skip it and count it (default error)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--flip", action="store_true", help="average the model's outputs over each pair and its left-right mirror "
+                   "(about +0.003 IoU for twice the compute)")
     p.set_defaults(run=_evaluate)
 
     p = verbs.add_parser("predict", help="masks and depth maps for a dataset in the layout, or for your own fg_bg and bg images")
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad", choices=["error", "skip"], default="error", help="on a bad image: stop, naming it; or skip it and count it (default error)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--flip", action="store_true", help="average the model's outputs over each pair and its left-right mirror "
+                   "(about +0.003 IoU for twice the compute)")
     p.set_defaults(run=_predict)
 
     p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")

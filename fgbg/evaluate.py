@@ -13,8 +13,10 @@ from .report import HISTORY, append_evaluation, write_report
 from .step import default_device
 
 
-def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 32, on_bad: str = "error", address=None) -> dict:
-    """Metrics of a checkpoint over a dataset's test split (or all of it), decoded by Ray Data at the model's size.
+def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 32, on_bad: str = "error", address=None,
+             flip: bool = False) -> dict:
+    """Metrics of a checkpoint over a dataset's test split (or all of it), decoded by Ray Data at the model's size;
+    flip: of the mean of the model's outputs over each pair and its mirror (fgbg.model.infer).
 
     Writes metrics.json and results.png (bg, fg_bg, true and predicted mask, true and predicted depth) to out.
     """
@@ -46,7 +48,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     batches = tqdm(ds.iter_torch_batches(batch_size=batch_size), total=-(-table.num_rows // batch_size), desc="evaluate",
                    unit="batch", disable=None)  # a bar on a terminal only
     try:
-        sums = evaluate_batches(model, batches, device, on_first=keep_grid).sums
+        sums = evaluate_batches(model, batches, device, on_first=keep_grid, flip=flip).sums
     except Exception as e:
         bad = find_bad_sample(e)
         if bad is None:
@@ -56,7 +58,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     metrics.pop("loss")
     run_dir = ckpt.rsplit("/", 1)[0]  # a checkpoint_* folder's run
     out = storage.absolute(out) if out else storage.join(run_dir, "evaluations", time.strftime(f"%Y%m%d-%H%M%S-{split}"))
-    result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split, "out": out,
+    result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split, "flip": flip, "out": out,
               "pictures": storage.join(out, "results.png"), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     storage.write_bytes(storage.join(out, "metrics.json"), json.dumps(result, indent=2).encode())
     if grid:

@@ -36,6 +36,7 @@ from .checkpoints import load_model
 from .errors import BadSample, FgbgError, find_bad_sample
 from .losses import depth_ssim
 from .metrics import per_image_iou, threshold_mask
+from .model import infer
 from .pictures import png_bytes, result_grid
 from .reader import decode_image, read_member
 from .step import amp_dtype
@@ -155,13 +156,13 @@ class Predictor:
     sample's row of the table (no images)."""
 
     def __init__(self, checkpoint: str, out: str, device: str = "cpu", amp: bool = False, raw: bool = False, threads: int = 0,
-                 model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None, flip: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = model if model is not None else load_model(checkpoint, self.device)[0]  # (in this process: the driver's)
         self.dtype = amp_dtype(self.device, amp)
-        self.out, self.raw = out, raw
+        self.out, self.raw, self.flip = out, raw, flip
         ray = sys.modules.get("ray")  # imported where this runs in a Ray Data actor; the plain loop does without
         self.node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else ""
 
@@ -170,7 +171,7 @@ class Predictor:
         """uint8 N×H×W×3 pairs at the model's size → mask logits N×1×H×W and depth N×1×h×w (float32, on the CPU)."""
         x, b = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0) for a in (fg_bg, bg))
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            mask_logits, depth = self.model(x, b)
+            mask_logits, depth = infer(self.model, x, b, self.flip)
         return mask_logits.float().cpu(), depth.float().clamp(0, 1).cpu()
 
     def __call__(self, batch: dict) -> dict:
@@ -256,10 +257,11 @@ class _Parts:
 
 
 def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: int | None = None, gpu: bool = False,
-            on_bad: str = "error", raw: bool = False, address: str | None = None) -> dict:
+            on_bad: str = "error", raw: bool = False, address: str | None = None, flip: bool = False) -> dict:
     """Predict every row of a job table into out (local or a URI); returns the summary. concurrency 0 runs in this
     process without Ray; otherwise Ray Data decodes in tasks and predicts on an actor pool (default: one actor per GPU
-    with gpu, else per CPU but one, which decoding keeps)."""
+    with gpu, else per CPU but one, which decoding keeps). flip: each pair's outputs are the mean over it and its mirror
+    (fgbg.model.infer), at twice the compute."""
     from tqdm import tqdm
 
     if on_bad not in ("error", "skip"):
@@ -269,14 +271,15 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     out = storage.absolute(out)
     model, cfg, ckpt = load_model(checkpoint)  # a checkpoint that does not load stops here, named
     names = hashlib.sha256("\n".join(rows["name"].to_pylist()).encode()).hexdigest()[:16]
-    _claim(out, {"checkpoint": ckpt, "samples": rows.num_rows, "names": names, "part_rows": PART_ROWS, "raw": raw})
+    _claim(out, {"checkpoint": ckpt, "samples": rows.num_rows, "names": names, "part_rows": PART_ROWS, "raw": raw,
+                **({"flip": True} if flip else {})})  # (a job written before --flip has no such key)
     done = _done_parts(out)
     todo = rows.filter(pc.invert(pc.is_in(rows["part"], pa.array(sorted(done), pa.int32()))))
     parts, start = _Parts(out, todo), time.perf_counter()
     bar = tqdm(total=todo.num_rows, unit="sample", desc="predict", disable=None)  # a bar on a terminal only
     last_line, first = start, 0.0
     try:
-        for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address):
+        for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address, flip):
             first = first or time.perf_counter() - start  # the start-up: Ray, actors, the model
             parts.add(table)
             bar.update(table.num_rows)
@@ -307,11 +310,11 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
         summary |= {k: float(np.mean(scored[k].to_numpy())) for k in ("iou", "ssim", "baseline_iou")}
         summary["rmse"] = float(np.sqrt(np.mean(scored["rmse"].to_numpy() ** 2)))  # over all pixels, as fgbg evaluate
         summary["worst"] = storage.join(out, "worst.png")
-        storage.write_bytes(summary["worst"], _worst_grid(model, cfg.size, scored, rows))
+        storage.write_bytes(summary["worst"], _worst_grid(model, cfg.size, scored, rows, flip))
     return summary
 
 
-def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurrency, gpu, on_bad, raw, address):
+def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurrency, gpu, on_bad, raw, address, flip):
     """The predictors' output tables (rows without images), in any order; the plain loop predicts with `model`, the
     driver's, and the actors load the checkpoint."""
     if todo.num_rows == 0:
@@ -319,7 +322,7 @@ def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurren
     if concurrency == 0:  # the plain loop: decode, infer and write in this process, one after another
         if gpu:
             raise FgbgError("--gpu runs on the cluster's GPUs: it needs --concurrency of at least 1")
-        predictor = Predictor(checkpoint, out, raw=raw, model=model)
+        predictor = Predictor(checkpoint, out, raw=raw, model=model, flip=flip)
         for part in np.unique(todo["part"].to_numpy()):
             block = todo.filter(pc.equal(todo["part"], part))
             decoded = decode_rows(block.to_pydict(), size, on_bad)
@@ -348,12 +351,12 @@ def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurren
     # it fuses decoding into the actors (one hop less; both would share the same cores anyway)
     ds = ds.map_batches(Predictor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                         fn_constructor_kwargs={"checkpoint": checkpoint, "out": out, "device": "cuda" if gpu else "cpu",
-                                               "amp": gpu, "raw": raw, "threads": threads},
+                                               "amp": gpu, "raw": raw, "threads": threads, "flip": flip},
                         num_cpus=1, num_gpus=1 if gpu else 0)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _worst_grid(model, size: int, scored: pa.Table, rows: pa.Table) -> bytes:
+def _worst_grid(model, size: int, scored: pa.Table, rows: pa.Table, flip: bool) -> bytes:
     """A picture grid of the samples of lowest IoU, decoded and predicted again in this process."""
     worst = scored.sort_by([("iou", "ascending")]).slice(0, 16)["name"].to_pylist()
     picked = rows.filter(pc.is_in(rows["name"], pa.array(worst)))
@@ -365,5 +368,5 @@ def _worst_grid(model, size: int, scored: pa.Table, rows: pa.Table) -> bytes:
 
     batch = prepare_batch({k: torch.from_numpy(v) for k, v in batch.items()}, torch.device("cpu"), channels_last=False)
     with torch.no_grad():
-        mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+        mask_logits, depth = infer(model, batch["fg_bg"], batch["bg"], flip)
     return png_bytes(result_grid(batch, mask_logits, depth, rows=len(order)))

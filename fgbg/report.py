@@ -142,7 +142,8 @@ def write_report(run_dir) -> str:
     lines += ["## Evaluations", ""]
     if evaluations:
         lines += ["Every `fgbg evaluate` of this run's checkpoints, latest first; baseline: the IoU of |fg_bg − bg| > 0.1 on the same data.", ""]
-        rows = [{**e, "where": f"{e['split']} split of `{e['data']}`", "folder": f"`{e.get('out', '')}`"} for e in evaluations]
+        rows = [{**e, "where": f"{e['split']} split of `{e['data']}`" + (", mirrored too (--flip)" if e.get("flip") else ""),
+                 "folder": f"`{e.get('out', '')}`"} for e in evaluations]
         lines += [*_table(rows, [("where", "data", "s"), ("samples", "samples", "d"), *_TEST[:1], ("baseline_iou", "baseline IoU", ".4f"),
                                  *_TEST[1:], ("folder", "folder", "s")]), ""]
         latest = evaluations[0].get("pictures", "")

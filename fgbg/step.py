@@ -13,6 +13,7 @@ import torch
 
 from .batch import drop_bad, prepare_batch
 from .metrics import SetMetrics
+from .model import infer
 
 
 def cpu_has_bf16() -> bool:
@@ -75,8 +76,9 @@ class TrainStep:
 
 
 def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss_fn=None, channels_last: bool = False,
-                     on_first=None) -> SetMetrics:
-    """Metric sums of a model over an iterable of decoded batches (bad samples and padding dropped).
+                     on_first=None, flip: bool = False) -> SetMetrics:
+    """Metric sums of a model over an iterable of decoded batches (bad samples and padding dropped); flip: the mean
+    of the model's outputs over each pair and its mirror (fgbg.model.infer).
 
     on_first(batch, mask_logits, depth) sees the first non-empty batch (for a picture grid).
     """
@@ -88,7 +90,7 @@ def evaluate_batches(model: torch.nn.Module, batches, device: torch.device, loss
             if len(batch["fg_bg"]) == 0:
                 continue
             batch = prepare_batch(batch, device, channels_last)
-            mask_logits, depth = model(batch["fg_bg"], batch["bg"])
+            mask_logits, depth = infer(model, batch["fg_bg"], batch["bg"], flip)
             loss = loss_fn(mask_logits, depth, batch["mask"], batch["depth"])[1]["loss"] if loss_fn else None
             metrics.update(mask_logits, depth, batch["mask"], batch["depth"], loss, batch["fg_bg"], batch["bg"])
             if on_first is not None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fgbg.model import UNet, stage_widths
+from fgbg.model import UNet, infer, stage_widths
 from fgbg.profiling import count_macs
 
 
@@ -64,3 +64,19 @@ def test_build_model_follows_the_config():
 
     model = build_model(Config(width=0.5, separate_decoders=True, diff_input=True))
     assert model.widths == stage_widths(0.5) and model.depth_decoder is not None and model.diff_input
+
+
+def test_flip_averages_the_pair_and_its_mirror_so_a_mirrored_pair_gets_the_mirrored_answer():
+    torch.manual_seed(0)
+    model = UNet(width=0.25).eval()
+    x, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        (mask, depth), (mask_m, depth_m) = model(x, b), model(x.flip(-1), b.flip(-1))
+        flipped = infer(model, x, b, flip=True)
+        mirrored = infer(model, x.flip(-1), b.flip(-1), flip=True)
+    torch.testing.assert_close(flipped[0], (mask + mask_m.flip(-1)) / 2)
+    torch.testing.assert_close(flipped[1], (depth + depth_m.flip(-1)) / 2)
+    assert not torch.allclose(flipped[0], mask)  # an untrained model is not symmetric: the mirror changes the answer
+    for a, m in zip(flipped, mirrored):
+        torch.testing.assert_close(m, a.flip(-1))
+    assert all(torch.equal(a, c) for a, c in zip(infer(model, x, b), (mask, depth)))  # without flip: the model's own outputs

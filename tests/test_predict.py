@@ -66,6 +66,21 @@ def test_a_dataset_gets_every_file_and_a_table_whose_iou_matches_one_done_by_han
     assert Image.open(r["worst"]).size[1] == 16 * 128  # 16 rows of 128-pixel tiles
 
 
+def test_flip_predicts_the_mean_over_each_pair_and_its_mirror_and_is_not_mixed_into_a_job_without_it(checkpoint, synth_data, tmp_path):
+    rows = dataset_rows(synth_data).slice(0, 8)
+    r = predict(checkpoint, rows, tmp_path / "flip", batch_size=8, concurrency=0, flip=True)
+    row = pq.read_table(tmp_path / "flip" / "predictions.parquet").to_pylist()[0]
+    x, b = (torch.from_numpy(np.array(Image.open(io.BytesIO(zipfile.ZipFile(row["source"]).read(row[k]))).convert("RGB"))
+                             ).permute(2, 0, 1)[None].float() / 255 for k in ("fg_bg", "bg"))
+    model = checkpoints.load_model(checkpoint)[0]
+    with torch.no_grad():
+        mask_logits = (model(x, b)[0] + model(x.flip(-1), b.flip(-1))[0].flip(-1)) / 2
+    assert np.array_equal(np.asarray(Image.open(row["mask_file"])) > 0, mask_logits[0, 0].numpy() > 0) and r["predicted"] == 8
+    predict(checkpoint, rows, tmp_path / "plain", batch_size=8, concurrency=0)
+    with pytest.raises(FgbgError, match="flip differ"):
+        predict(checkpoint, rows, tmp_path / "plain", batch_size=8, concurrency=0, flip=True)
+
+
 def test_a_job_stopped_half_way_resumes_without_writing_a_sample_twice_or_losing_one(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(predict_module, "PART_ROWS", 8)  # 24 samples: 3 parts
     root = _folder_dataset(tmp_path / "data")

@@ -92,10 +92,11 @@ def test_report_has_every_section_and_fgbg_report_adds_the_evaluation(profiled, 
     assert (run / "curves.png").stat().st_size > 10_000 and (run / "times.png").stat().st_size > 10_000
 
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(synth_data)]) == 0
-    assert main(["evaluate", "--checkpoint", str(run), "--data", str(synth_data), "--split", "all"]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(synth_data), "--split", "all", "--flip"]) == 0
     # evaluate updated the report: both evaluations listed, latest first, each in its own folder under evaluations/
     report = (run / "report.md").read_text()
     assert "No `fgbg evaluate` yet" not in report and report.index("| all split of") < report.index("| test split of")
+    assert report.count("mirrored too (--flip)") == 1 and report.index("mirrored too") < report.index("| test split of")
     assert len(list((run / "evaluations").glob("*/metrics.json"))) == 2 and "baseline IoU" in report
     (run / "report.md").unlink()
     capsys.readouterr()

@@ -95,6 +95,9 @@ def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["samples"] == 12
     assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--split", "all", "--json", "--out", str(tmp_path / "ev")]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 24
+    assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--flip", "--json", "--out", str(tmp_path / "ev")]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["flip"] and flipped["samples"] == 12 and 0 <= flipped["iou"] <= 1 and flipped["baseline_iou"] == r["baseline_iou"]
 
 
 def test_predict_with_a_trained_run_writes_the_mask_and_depth_of_a_pair_at_its_size(two_worker_run, tmp_path):
