@@ -16,7 +16,7 @@ from .step import default_device
 def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 32, on_bad: str = "error", address=None,
              flip: bool = False) -> dict:
     """Metrics of a checkpoint over a dataset's test split (or all of it), decoded by Ray Data at the model's size;
-    flip: of the mean of the model's outputs over each pair and its mirror (fgbg.model.infer).
+    with flip, of the mean of the model's outputs over each pair and its mirror (fgbg.model.infer).
 
     Writes metrics.json and results.png (bg, fg_bg, true and predicted mask, true and predicted depth) to out.
     """
