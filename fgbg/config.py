@@ -31,7 +31,7 @@ RANGES = {
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
     "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
     "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
-    **dict.fromkeys(("copy_paste", "paste_scene"), (lambda v: 0 <= v <= 1, "from 0 to 1")),
+    **dict.fromkeys(("copy_paste", "paste_scene", "lr_floor"), (lambda v: 0 <= v <= 1, "from 0 to 1")),
     "max_failures": (lambda v: v >= -1, "≥ -1 (-1: no limit)"),
 }
 
@@ -146,6 +146,7 @@ class Config:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # warm-up then cosine (fgbg/optim.py); plateau: cut by lr_factor when the test loss stalls (the original's)
     warmup_epochs: float = 1.0  # cosine: epochs of linear warm-up from lr/10
+    lr_floor: float = 0.01  # cosine: the rate it ends at, as a share of lr
     lr_factor: float = 0.8  # plateau: the cut
     lr_patience: int = 2  # plateau: epochs without a better test loss before a cut
     seed: int = 0

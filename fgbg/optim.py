@@ -2,7 +2,8 @@
 
 `plateau` is the original's recipe (Adam, the rate cut by lr_factor when the test loss stalls for
 lr_patience epochs). `cosine` warms up linearly from lr/10 over warmup_epochs, then follows a cosine
-down to lr/100 by the last step: it is stepped every training step, `plateau` every epoch.
+down to lr·lr_floor (lr/100 by default) by the last step: it is stepped every training step, `plateau`
+every epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class Schedule:
                 optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: warmup_cosine(step, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs))
+                optimizer, lambda step: warmup_cosine(step, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs,
+                                                      cfg.lr_floor))
 
     def after_step(self) -> None:
         if self.kind != "plateau":
@@ -55,9 +57,9 @@ class Schedule:
                 self.scheduler.base_lrs = [self.lr] * len(self.optimizer.param_groups)
 
 
-def warmup_cosine(step: int, total: int, warmup: float) -> float:
-    """The multiplier of the peak rate at a step: 0.1 → 1 linearly over warmup steps, then a cosine to 0.01 at total."""
+def warmup_cosine(step: int, total: int, warmup: float, floor: float = 0.01) -> float:
+    """The multiplier of the peak rate at a step: 0.1 → 1 linearly over warmup steps, then a cosine to floor at total."""
     if step < warmup:
         return 0.1 + 0.9 * step / warmup
     progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -31,6 +31,7 @@ def test_yaml_then_flags_override(tmp_path):
         ("lr_factor: 1.5\n", "lr_factor: expected a number in \\(0, 1\\)"),
         ("copy_paste: 2\n", "copy_paste: expected a number from 0 to 1"),
         ("paste_scene: -0.1\n", "paste_scene: expected a number from 0 to 1"),
+        ("lr_floor: 1.5\n", "lr_floor: expected a number from 0 to 1"),
         ("name: [a]\n", "name: expected a string"),
         ("epochs: 3\nlr: [1\n", "c.yaml, line 3, column 1: not valid YAML \\(expected ',' or ']', but got '<stream end>'"),
         ("on_bad: ignore\n", "on_bad must be"),

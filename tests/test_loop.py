@@ -23,6 +23,18 @@ def test_warmup_then_cosine_by_hand():
     assert warmup_cosine(10, total=100, warmup=10) == pytest.approx(1.0)
     assert warmup_cosine(55, total=100, warmup=10) == pytest.approx(0.01 + 0.99 * 0.5)  # half-way down the cosine
     assert warmup_cosine(100, total=100, warmup=10) == pytest.approx(0.01)
+    assert warmup_cosine(55, total=100, warmup=10, floor=0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # lr_floor 0.1: ends at lr/10
+    assert warmup_cosine(100, total=100, warmup=10, floor=0.1) == pytest.approx(0.1)
+
+
+def test_cosine_ends_at_lr_floor():
+    cfg = Config(lr=1e-2, epochs=2, warmup_epochs=0, lr_floor=0.1)
+    optimizer = build_optimizer(cfg, torch.nn.Linear(2, 1).parameters())
+    schedule = Schedule(cfg, optimizer, steps_per_epoch=5)
+    for _step in range(10):
+        optimizer.step()
+        schedule.after_step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("kind", ["plateau", "cosine"])
