@@ -7,7 +7,8 @@ Achieved FLOP/s count thop's MACs × 2 (multiply-add) × 3 (forward and backward
 device's float32 matrix product (sgemm) measured in the same run.
 Numerics (--check): each step trains the same initial model on the same synthetic batches in the
 same order, for several seeds; IoU and SSIM on the test batch after the run, against the plain step's.
-    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--device cuda|cpu] [--compile] [--check | --check-only]
+    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--device cuda|cpu] [--compile] [--block]
+                               [--check | --check-only]
 Prints tables and writes bench/out/train_step.json.
 """
 
@@ -86,10 +87,14 @@ def variants(device: torch.device, include_compile: bool) -> dict:
 
 def speed(args, device: torch.device) -> dict:
     batch = random_batch(args.batch, args.size)
-    steps = {}
-    for name, make in variants(device, args.compile).items():
+    makers = {name: (make, Config(width=args.width)) for name, make in variants(device, args.compile).items()}
+    if args.block:  # the same step on the model with the block fgbg had before 2026-12-02
+        makers["fgbg, depthwise_norm"] = makers["fgbg (default config)"][0], Config(width=args.width, depthwise_norm=True)
+    steps, macs = {}, {}
+    for name, (make, cfg) in makers.items():
         t = time.perf_counter()
-        step, prepare = make(build_model(Config(width=args.width)))
+        macs[name] = count_macs(build_model(cfg), args.size)
+        step, prepare = make(build_model(cfg))
         ready = prepare(batch)
         step(ready)
         step(ready)
@@ -103,7 +108,8 @@ def speed(args, device: torch.device) -> dict:
             step(ready)
             wait_for(device)
             rates[name].append(args.batch / (time.perf_counter() - t))
-    return {name: {"median_samples_per_s": round(statistics.median(r), 2), "runs": [round(x, 2) for x in r]} for name, r in rates.items()}
+    return {name: {"median_samples_per_s": round(statistics.median(r), 2), "runs": [round(x, 2) for x in r], "macs_per_sample": macs[name]}
+            for name, r in rates.items()}
 
 
 def numerics(args, device: torch.device) -> dict:
@@ -174,6 +180,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=default_device().type, help="cuda when there is a GPU, else cpu")
     ap.add_argument("--compile", action="store_true", help="also time fgbg's step under torch.compile (a minute or more to compile)")
+    ap.add_argument("--block", action="store_true", help="also time fgbg's step on the model with depthwise_norm "
+                    "(BatchNorm and ReLU after each depthwise convolution too: MobileNet's block, fgbg's before 2026-12-02)")
     ap.add_argument("--check", action="store_true", help="also train the plain and the fgbg step on the same data and compare IoU")
     ap.add_argument("--check-size", type=int, default=64)
     ap.add_argument("--check-epochs", type=int, default=4)
@@ -195,7 +203,7 @@ def main() -> None:
     plain = results["plain eager NCHW fp32"]["median_samples_per_s"]
     print(f"\n{'step':<26} {'samples/s':>10} {'× plain':>8} {'GFLOP/s':>8} {'% sgemm':>8}   runs")
     for name, r in results.items():
-        flops = r["median_samples_per_s"] * macs * 6
+        flops = r["median_samples_per_s"] * r["macs_per_sample"] * 6
         r.update(vs_plain=round(r["median_samples_per_s"] / plain, 2), gflops=round(flops / 1e9, 1), of_sgemm=round(flops / sgemm, 3))
         print(f"{name:<26} {r['median_samples_per_s']:>10} {r['vs_plain']:>8} {r['gflops']:>8} {100 * r['of_sgemm']:>7.1f}%   {r['runs']}")
     summary = {

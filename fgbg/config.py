@@ -19,7 +19,7 @@ OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rms
 # that lacks one (an older checkpoint, evaluated, predicted or resumed) gets this, not today's default.
 # (The defaults' choices are measured in docs/benchmarks.md, "Model quality"; the original's recipe is LEGACY with lr 1e-3.)
 LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau", "copy_paste": 0.0,
-          "paste_scene": 0.0}
+          "paste_scene": 0.0, "depthwise_norm": True}
 
 
 # What a key allows beyond its type (checked by Config): a test and the words an error says
@@ -95,7 +95,7 @@ def read_yaml(path: str, what: str = "config"):
 
 
 # Keys a resumed run may not change: the saved weights or the test split would no longer mean what they did
-FIXED_ON_RESUME = ("width", "widths", "separate_decoders", "diff_input", "size", "test_batches")
+FIXED_ON_RESUME = ("width", "widths", "separate_decoders", "diff_input", "depthwise_norm", "size", "test_batches")
 _NOT_SETTINGS = ("name", "out", "extra")
 
 
@@ -127,6 +127,7 @@ class Config:
     widths: list[int] | None = None  # or set the five stage widths directly
     separate_decoders: bool = False  # give depth its own decoder (the original shares one)
     diff_input: bool = True  # |fg_bg − bg| as 3 more input channels (the original: only the 6 of the two images)
+    depthwise_norm: bool = False  # BatchNorm and ReLU after each depthwise convolution too, not only after the pointwise
     # loss: w_mask·BCE(mask) + w_dice·(1 − soft Dice(mask)) + w_lovasz·Lovász(mask) + w_depth·(1 − SSIM(depth)) + w_depth_l1·L1(depth)
     w_mask: float = 1.0
     w_dice: float = 1.0

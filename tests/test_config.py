@@ -50,7 +50,7 @@ def test_bad_configs_name_the_problem(tmp_path, text, match):
 
 def test_a_saved_config_from_before_a_key_existed_keeps_how_it_trained(tmp_path):
     old = tmp_path / "old.yaml"
-    old.write_text("width: 0.5\n")  # written by an fgbg without diff_input, w_dice, optimizer, schedule, copy_paste, paste_scene
+    old.write_text("width: 0.5\n")  # written by an fgbg without any of LEGACY's keys (diff_input, …, depthwise_norm)
     saved = Config.load(str(old), saved=True)
     assert {k: getattr(saved, k) for k in LEGACY} == LEGACY
     assert Config.load(str(old)).width == 0.5  # a user's own file takes today's defaults

@@ -102,6 +102,7 @@ def test_checkpoint_round_trip_and_an_older_checkpoint_still_loads(tmp_path):
     (old / "metrics.json").write_text(json.dumps({"epoch": 1, "iou": 0.3}))
     loaded, loaded_cfg, _ = checkpoints.load_model(old, "cpu")
     assert not loaded_cfg.diff_input and loaded.inc[0][0].in_channels == 6
+    assert loaded_cfg.depthwise_norm and isinstance(loaded.inc[0][1], torch.nn.BatchNorm2d)  # the block it was trained with
     weights, state, _ = checkpoints.read_training_state(old, "cpu")
     assert "model" not in state and torch.equal(weights["mask_head.weight"], old_model.state_dict()["mask_head.weight"])
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from fgbg.model import UNet, infer, stage_widths
 from fgbg.profiling import count_macs
@@ -58,12 +59,25 @@ def test_diff_input_adds_three_input_channels_and_sees_the_difference():
     assert params <= 900_000 and count_macs(UNet(diff_input=True), 160) <= 1.0e9  # the default's budget
 
 
+def test_without_depthwise_norm_only_the_pointwise_convolutions_are_normalised():
+    mobilenet, xception = UNet(width=0.25), UNet(width=0.25, depthwise_norm=False)
+    norms = [[m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)] for model in (mobilenet, xception)]
+    depthwise = [m.in_channels for m in xception.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(norms[0]) == 2 * len(norms[1]) == 2 * len(depthwise)
+    assert sorted(norms[0]) == sorted(norms[1] + depthwise)  # what goes: one BatchNorm per depthwise convolution, of its width
+    assert isinstance(xception.inc[0][1], nn.Conv2d) and xception.inc[0][1].kernel_size == (1, 1)  # pointwise right after
+    x = torch.rand(2, 3, 32, 32)
+    assert [t.shape for t in xception(x, x)] == [t.shape for t in mobilenet(x, x)]
+
+
 def test_build_model_follows_the_config():
     from fgbg.config import Config
     from fgbg.model import build_model
 
     model = build_model(Config(width=0.5, separate_decoders=True, diff_input=True))
     assert model.widths == stage_widths(0.5) and model.depth_decoder is not None and model.diff_input
+    assert not isinstance(model.inc[0][1], nn.BatchNorm2d)  # the default block: no norm right after the depthwise convolution
+    assert isinstance(build_model(Config(width=0.5, depthwise_norm=True)).inc[0][1], nn.BatchNorm2d)
 
 
 def test_flip_averages_the_pair_and_its_mirror_so_a_mirrored_pair_gets_the_mirrored_answer():
