@@ -82,7 +82,7 @@ def test_epoch_stats_sums_in_parts_order():
 
 def test_checkpoint_round_trip_and_an_older_checkpoint_still_loads(tmp_path):
     cfg = Config(width=0.25, diff_input=True)
-    model = UNet(width=0.25, diff_input=True)
+    model = build_model(cfg)
     folder = tmp_path / "run" / "checkpoint_000001"
     folder.mkdir(parents=True)
     checkpoints.write(folder, model.state_dict(), {"epoch": 1, "best_iou": 0.5, "step": 7}, cfg, {"epoch": 2, "iou": 0.5})
@@ -122,7 +122,7 @@ def test_an_epoch_trains_in_training_mode_after_evaluation_left_the_model_in_eva
     cfg = Config(width=0.25, epochs=1)
     step = _step(cfg)
     step.core.eval()  # as evaluate_batches leaves it
-    bn = step.core.inc[0][1]
+    bn = next(m for m in step.core.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
     decoded = {"fg_bg": torch.zeros(4), "bad": torch.zeros(4)}  # (what prepare turns into the step's batch)
     stats = train_epoch(step, Schedule(cfg, step.optimizer, 2), [decoded] * 2, lambda batch: _batch(), lambda i, parts: None)
