@@ -55,8 +55,9 @@ def test_diff_input_adds_three_input_channels_and_sees_the_difference():
     # only the first depthwise and pointwise convolutions grow: 3 depthwise filters of 9, and 3 inputs per pointwise output
     extra = sum(p.numel() for p in diff.parameters()) - sum(p.numel() for p in plain.parameters())
     assert extra == 3 * 9 + 3 * 2 + 3 * diff.widths[0]  # depthwise 3×3 weights, their BatchNorm, pointwise weights
-    params = sum(p.numel() for p in UNet(diff_input=True).parameters())
-    assert params <= 900_000 and count_macs(UNet(diff_input=True), 160) <= 1.0e9  # the default's budget
+    for block in (True, False):  # the default's budget (issue #16), with either block
+        model = UNet(diff_input=True, depthwise_norm=block)
+        assert sum(p.numel() for p in model.parameters()) <= 900_000 and count_macs(model, 160) <= 1.0e9
 
 
 def test_without_depthwise_norm_only_the_pointwise_convolutions_are_normalised():
