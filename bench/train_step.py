@@ -93,8 +93,9 @@ def speed(args, device: torch.device) -> dict:
     steps, macs = {}, {}
     for name, (make, cfg) in makers.items():
         t = time.perf_counter()
-        macs[name] = count_macs(build_model(cfg), args.size)
-        step, prepare = make(build_model(cfg))
+        model = build_model(cfg)
+        macs[name] = count_macs(model, args.size)  # (on a copy: the model itself is left as it was)
+        step, prepare = make(model)
         ready = prepare(batch)
         step(ready)
         step(ready)
