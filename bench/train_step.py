@@ -7,7 +7,7 @@ Achieved FLOP/s count thop's MACs × 2 (multiply-add) × 3 (forward and backward
 device's float32 matrix product (sgemm) measured in the same run.
 Numerics (--check): each step trains the same initial model on the same synthetic batches in the
 same order, for several seeds; IoU and SSIM on the test batch after the run, against the plain step's.
-    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--device cuda|cpu] [--compile] [--block]
+    python bench/train_step.py [--size 160] [--batch 32] [--width 1.0] [--repeats 5] [--device cuda|cpu] [--compile] [--block] [--slow-paths]
                                [--check | --check-only]
 Prints tables and writes bench/out/train_step.json.
 """
@@ -15,6 +15,7 @@ Prints tables and writes bench/out/train_step.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fgbg import losses
+from fgbg import model as unet
 from fgbg.batch import prepare_batch
 from fgbg.config import Config
 from fgbg.losses import MaskDepthLoss
@@ -72,6 +75,31 @@ def fgbg_step(model: torch.nn.Module, device: torch.device, channels_last: bool,
     return step, (lambda batch: prepare_batch(batch, device, channels_last))
 
 
+@contextlib.contextmanager
+def slow_paths():
+    """fgbg's step as it was until 2026-12-02: the SSIM loss through torchmetrics (its window an 11×11 convolution,
+    whose backward oneDNN runs slowly on a CPU), and upsampling's backward on cat's gradient slice (no _DenseGrad)."""
+    fast_loss = losses.depth_ssim_loss
+    losses.depth_ssim_loss, unet._DenseGrad.apply = losses.depth_ssim, (lambda x: x)
+    try:
+        yield
+    finally:
+        losses.depth_ssim_loss = fast_loss
+        del unet._DenseGrad.apply  # torch.autograd.Function's own again
+
+
+def slow_step(model: torch.nn.Module, device: torch.device):
+    """fgbg's step (default config) with its slow paths of until 2026-12-02."""
+    cfg = Config()
+    step, prepare = fgbg_step(model, device, channels_last=cfg.channels_last, amp=cfg.amp)
+
+    def slow(batch: dict) -> dict:
+        with slow_paths():
+            return step(batch)
+
+    return slow, prepare
+
+
 def variants(device: torch.device, include_compile: bool) -> dict:
     """name → a function that moves a model to the device and gives its (step, prepare)."""
     cfg = Config()
@@ -90,6 +118,8 @@ def speed(args, device: torch.device) -> dict:
     makers = {name: (make, Config(width=args.width)) for name, make in variants(device, args.compile).items()}
     if args.block:  # the same step on the model with the block fgbg had before 2026-12-02
         makers["fgbg, depthwise_norm"] = makers["fgbg (default config)"][0], Config(width=args.width, depthwise_norm=True)
+    if args.slow_paths:
+        makers["fgbg, slow paths"] = (lambda m: slow_step(m.to(device), device)), Config(width=args.width)
     steps, macs = {}, {}
     for name, (make, cfg) in makers.items():
         t = time.perf_counter()
@@ -183,6 +213,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time fgbg's step under torch.compile (a minute or more to compile)")
     ap.add_argument("--block", action="store_true", help="also time fgbg's step on the model with depthwise_norm "
                     "(BatchNorm and ReLU after each depthwise convolution too: MobileNet's block, fgbg's before 2026-12-02)")
+    ap.add_argument("--slow-paths", action="store_true", help="also time fgbg's step with the two slow paths it had until "
+                    "2026-12-02 (the SSIM loss's window as an 11×11 convolution; upsampling's backward on cat's gradient slice)")
     ap.add_argument("--check", action="store_true", help="also train the plain and the fgbg step on the same data and compare IoU")
     ap.add_argument("--check-size", type=int, default=64)
     ap.add_argument("--check-epochs", type=int, default=4)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fgbg.losses import PARTS, MaskDepthLoss, lovasz_hinge_loss, soft_dice_loss
+from fgbg.losses import PARTS, MaskDepthLoss, depth_ssim, depth_ssim_loss, lovasz_hinge_loss, soft_dice_loss
 from fgbg.metrics import SetMetrics, threshold_iou, threshold_mask
 
 
@@ -73,6 +73,21 @@ def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
     parts = {k: v.item() for k, v in parts.items()}
     assert total.item() == pytest.approx(parts["loss_mask"] + parts["loss_depth_ssim"], rel=1e-5)
     assert parts["loss_depth_ssim"] > 0.5 and "loss_depth_l1" not in parts
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 80, 80), (2, 1, 8, 8), (2, 1, 24, 40)])
+def test_the_losss_ssim_is_torchmetrics_ssim_in_value_and_gradient(shape):
+    torch.manual_seed(0)
+    true = torch.rand(shape, dtype=torch.float64)
+    depth = (true + 0.2 * torch.randn(shape, dtype=torch.float64)).clamp(0, 1).requires_grad_()
+    reference = depth_ssim(depth, true)
+    (grad_reference,) = torch.autograd.grad(reference, depth)
+    ours_in = depth.detach().float().requires_grad_()
+    ours = depth_ssim_loss(ours_in, true.float())
+    (grad_ours,) = torch.autograd.grad(ours, ours_in)
+    assert 0.05 < reference.item() < 0.95
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+    torch.testing.assert_close(grad_ours, grad_reference.float(), atol=1e-7 * grad_reference.abs().max().item() * 100, rtol=1e-4)
 
 
 def _half_right():

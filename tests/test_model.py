@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from fgbg.model import UNet, infer, stage_widths
+from fgbg.model import UNet, _DenseGrad, infer, stage_widths
 from fgbg.profiling import count_macs
 
 
@@ -47,6 +47,21 @@ def test_channels_last_gives_the_same_outputs():
     out = cl(x.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
     for a, c in zip(ref, out):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+
+
+def test_upsampling_gets_a_dense_gradient_and_the_same_gradients_as_without():
+    torch.manual_seed(0)
+    x = torch.rand(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    skip = torch.rand(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    dense = {}
+    for wrapped in (True, False):
+        y = _DenseGrad.apply(x) if wrapped else x.view_as(x)
+        torch.testing.assert_close(y, x)
+        out = torch.cat([skip, y], dim=1)
+        (grad,) = torch.autograd.grad((out * torch.arange(16.0).view(1, 16, 1, 1)).sum(), x)
+        torch.testing.assert_close(grad, torch.arange(8.0, 16.0).view(1, 8, 1, 1).expand(2, 8, 6, 6))
+        dense[wrapped] = grad.is_contiguous(memory_format=torch.channels_last)
+    assert dense == {True: True, False: False}  # cat's backward gives a slice of the channels, dense in neither layout
 
 
 def test_diff_input_adds_three_input_channels_and_sees_the_difference():
