@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded synthetic default, small enough for a laptop's CPU (7 to 9 minutes on 2 cores, up to 12 on a slow day):
 # 4,000 samples at the default 160×160 (3,000 train, 1,000 test), decoded once into a cache; the model at half
-# width trains 5 epochs at 64×64, 3 at 96×96 and 2 at 160×160 (progressive resizing), and is evaluated on 400
+# width trains 5 epochs at 64×64, 3 at 96×96 and 3 at 160×160 (progressive resizing), and is evaluated on 400
 # fresh samples of another seed that it never saw, beside the threshold rule's IoU on them. TRAIN_ARGS adds `fgbg train`
 # flags (bench/demo.py --train-args: one lever of the ablation at a time).
 demo: venv
 	$(BIN)/fgbg synth --out $(DEMO)/data --batches 4 --per-batch 1000 --seed 0
 	$(BIN)/fgbg inspect $(DEMO)/data
-	$(BIN)/fgbg train --data $(DEMO)/data --out $(DEMO)/runs --name demo --width 0.5 --epochs 10 --workers 2 --batch-size 16 \
+	$(BIN)/fgbg train --data $(DEMO)/data --out $(DEMO)/runs --name demo --width 0.5 --epochs 11 --workers 2 --batch-size 16 \
 		--test-samples 100 --cache $(DEMO)/cache --set 'size_schedule={1: 64, 6: 96, 9: 160}' --set log_every=50 $(TRAIN_ARGS)
 	$(BIN)/fgbg synth --out $(DEMO)/fresh --batches 1 --per-batch 400 --seed 777 --quiet
 	$(BIN)/fgbg evaluate --checkpoint $(DEMO)/runs/demo --data $(DEMO)/fresh --split all

@@ -25,6 +25,8 @@ def depth_ssim(depth, depth_true, reduction="elementwise_mean"):
 @functools.lru_cache(maxsize=16)
 def _window_matrix(side: int, device: torch.device) -> torch.Tensor:
     """SSIM's Gaussian window (11 taps, σ 1.5) over `side` pixels with reflected borders, as a side×side matrix."""
+    if side < 6:
+        raise ValueError(f"SSIM's window reflects 5 pixels at each border: depth maps need at least 6 a side, not {side}")
     taps = torch.arange(-5, 6, dtype=torch.float64)
     weights = torch.exp(-((taps / 1.5) ** 2) / 2)
     weights /= weights.sum()
