@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the embedded synthetic default, small enough for a laptop's CPU (7 to 9 minutes on 2 cores, up to 12 on a slow day):
+# The main job on the embedded synthetic default, small enough for a laptop's CPU (about 8 minutes on 2 cores, longer on a slow day):
 # 4,000 samples at the default 160×160 (3,000 train, 1,000 test), decoded once into a cache; the model at half
 # width trains 5 epochs at 64×64, 3 at 96×96 and 3 at 160×160 (progressive resizing), and is evaluated on 400
 # fresh samples of another seed that it never saw, beside the threshold rule's IoU on them. TRAIN_ARGS adds `fgbg train`
