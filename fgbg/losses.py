@@ -41,10 +41,10 @@ def _window_matrix(side: int, device: torch.device) -> torch.Tensor:
 def depth_ssim_loss(depth: torch.Tensor, depth_true: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of float32 depth maps, as `depth_ssim` computes it, for the training loss.
 
-    The same Gaussian window, reflected borders and constants as torchmetrics (tests/test_losses.py checks the values
+    The same Gaussian window, reflected borders and constants as torchmetrics (tests/test_metrics.py checks the values
     and gradients against it), with the window applied as two matrix products instead of an 11×11 convolution:
     on a CPU, oneDNN's backward of that single-channel convolution took about a fifth of the whole training step
-    (docs/benchmarks.md, "The SSIM loss's window").
+    (docs/benchmarks.md, "Train step").
     """
     c1, c2 = 0.01**2, 0.03**2
     rows, cols = _window_matrix(depth.shape[-2], depth.device), _window_matrix(depth.shape[-1], depth.device)

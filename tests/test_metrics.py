@@ -76,7 +76,7 @@ def test_loss_is_weighted_sum_of_parts_and_ssim_of_identical_depth_is_one():
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 80, 80), (2, 1, 8, 8), (2, 1, 24, 40)])
-def test_the_losss_ssim_is_torchmetrics_ssim_in_value_and_gradient(shape):
+def test_the_loss_ssim_is_torchmetrics_ssim_in_value_and_gradient(shape):
     torch.manual_seed(0)
     true = torch.rand(shape, dtype=torch.float64)
     depth = (true + 0.2 * torch.randn(shape, dtype=torch.float64)).clamp(0, 1).requires_grad_()
@@ -87,7 +87,7 @@ def test_the_losss_ssim_is_torchmetrics_ssim_in_value_and_gradient(shape):
     (grad_ours,) = torch.autograd.grad(ours, ours_in)
     assert 0.05 < reference.item() < 0.95
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
-    torch.testing.assert_close(grad_ours, grad_reference.float(), atol=1e-7 * grad_reference.abs().max().item() * 100, rtol=1e-4)
+    torch.testing.assert_close(grad_ours, grad_reference.float(), atol=1e-5 * grad_reference.abs().max().item(), rtol=1e-4)
 
 
 def _half_right():
