@@ -11,7 +11,8 @@ STAGES = (32, 64, 128, 256, 256)  # encoder widths at width 1.0, full size down 
 class SeparableConv(nn.Sequential):
     """A depthwise 3×3 convolution then a pointwise 1×1 one with BatchNorm and ReLU; with depthwise_norm, BatchNorm and
     ReLU after the depthwise one too (MobileNet's block, fgbg's before 2026-12-02). Without them (Xception's block) a
-    training step on the CPU is about 1.3× as fast: at small widths the normalisation costs as much as the convolutions."""
+    training step on the CPU is 1.4–1.5× as fast (docs/benchmarks.md, "Train step"): at small widths the normalisation
+    costs as much as the convolutions."""
 
     def __init__(self, in_ch: int, out_ch: int, depthwise_norm: bool = True):
         depthwise = [nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False)]
