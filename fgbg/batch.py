@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 
 IMAGES = ("fg_bg", "bg")
+# Each image's own exposure change (±) and noise (σ up to) beyond what its pair shares (`augment`): more of it
+# drowns faint objects in the pair's difference (docs/benchmarks.md, "A quieter pair": 0.05 and 0.03 before)
+PAIR_EXPOSURE, PAIR_NOISE = 0.01, 0.01
 
 
 def drop_bad(batch: dict) -> tuple[dict, int]:
@@ -102,7 +105,7 @@ def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scen
 
     The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
     contrast and saturation are jittered together, then each gets a little exposure change of its
-    own and sensor noise.
+    own (±PAIR_EXPOSURE) and sensor noise (σ up to PAIR_NOISE).
     """
     if copy_paste:
         batch = paste_objects(batch, copy_paste, g, paste_scene)
@@ -112,11 +115,11 @@ def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scen
     out = {k: torch.where(flip, v.flip(-1), v) for k, v in batch.items()}
     brightness, contrast, saturation = (_uniform(n, 0.75, 1.25, g, device) for _ in range(3))
     for key in IMAGES:
-        img = out[key] * (brightness * _uniform(n, 0.95, 1.05, g, device))
+        img = out[key] * (brightness * _uniform(n, 1 - PAIR_EXPOSURE, 1 + PAIR_EXPOSURE, g, device))
         mean = img.mean(dim=(1, 2, 3), keepdim=True)
         img = (img - mean) * contrast + mean
         gray = img.mean(dim=1, keepdim=True)
         img = (img - gray) * saturation + gray
-        img = img + torch.randn(img.shape, generator=g, device=device) * _uniform(n, 0.0, 0.03, g, device)
+        img = img + torch.randn(img.shape, generator=g, device=device) * _uniform(n, 0.0, PAIR_NOISE, g, device)
         out[key] = img.clamp_(0.0, 1.0)
     return out
