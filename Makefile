@@ -1,5 +1,7 @@
 # The whole set-up: `make demo` and `make test`. Both build .venv from nothing when it is missing.
-PYTHON ?= python3.11
+# the first of these that runs and is Python 3.11 or newer (fgbg's dependencies ship wheels for 3.11 to 3.14); PYTHON=... picks one
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.14; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -10,6 +12,7 @@ DEMO   := demo_out
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "make: fgbg needs Python 3.11 or newer: none of python3, python3.13, python3.12, python3.11, python3.14 is (set PYTHON=/path/to/python)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 IMAGES = ("fg_bg", "bg")
 # Each image's own exposure change (±) and noise (σ up to) beyond what its pair shares (`augment`): more of it
-# drowns faint objects in the pair's difference (docs/benchmarks.md, "A quieter pair": 0.05 and 0.03 before)
+# drowns faint objects in the pair's difference (docs/experiments.md, "A quieter pair": 0.05 and 0.03 before)
 PAIR_EXPOSURE, PAIR_NOISE = 0.01, 0.01
 
 

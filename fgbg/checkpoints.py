@@ -37,6 +37,13 @@ def write(folder: str | Path, weights: dict, state: dict, cfg: Config, metrics: 
     (folder / METRICS).write_text(json.dumps({**metrics, "files": files}, indent=2))
 
 
+def write_untrained(folder: str | Path, cfg: Config) -> str:
+    """A checkpoint of the config's model as built, before any training (tests, benchmarks); the folder, made if need be."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write(folder, build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 0}, cfg, {"epoch": 0, "iou": 0.0})
+    return str(folder)
+
+
 def read_training_state(folder: str | Path, device) -> tuple[dict, dict, dict]:
     """(weights, training state, metrics) of a local checkpoint folder, to resume from."""
     folder = Path(folder)

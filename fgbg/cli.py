@@ -36,13 +36,7 @@ def _inspect(args) -> int:
 def _train(args) -> int:
     from .train import fit
 
-    overrides = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FgbgError(f"--set takes key=value, not {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    cfg = Config.load(args.config, **overrides)
+    cfg = Config.load(args.config, **{key: getattr(args, key) for key, _, _ in TRAIN_FLAGS}, **_set_values(args.set))
     result = fit(cfg, address=args.address, verbose=args.verbose)
     m = result["metrics"]
     print(f"run {result['run_dir']}: epoch {m['epoch']} IoU {m['iou']:.4f} SSIM {m['ssim']:.4f} RMSE {m['rmse']:.4f} (best IoU {m['best_iou']:.4f})")
@@ -53,6 +47,17 @@ def _train(args) -> int:
     else:
         print(f"  tensorboard --logdir {result['run_dir']}/tensorboard")
     return 0
+
+
+def _set_values(items: list[str] | None) -> dict:
+    """--set KEY=VALUE items as config keys and values (YAML: 2, 1e-3, true, [1, 2], {1: 64, 6: 96})."""
+    values = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FgbgError(f"--set takes key=value, not {item!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
 
 
 def _evaluate(args) -> int:
@@ -82,7 +87,7 @@ def _predict(args) -> int:
     if concurrency is None and rows.num_rows == 1 and not args.gpu:
         concurrency = 0  # one pair: no cluster to start
     r = predict(args.checkpoint, rows, args.out, batch_size=args.batch_size, concurrency=concurrency, gpu=args.gpu,
-                on_bad=args.on_bad, raw=args.raw, address=args.address, flip=args.flip)
+                on_bad=args.on_bad, raw=args.raw, address=args.address, flip=args.flip, verbose=args.verbose)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -132,7 +137,7 @@ def _tune(args) -> int:
     r = sweep(
         args.space, args.data, out=args.out, name=args.name, trials=args.trials, epochs=args.epochs, scheduler=args.scheduler,
         concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, gpu=args.gpu, resume=args.resume, address=args.address,
-        cache=args.cache,
+        cache=args.cache, overrides=_set_values(args.set),
     )
     best = r["best"]
     print(f"{len(r['trials'])} trials ({r['concurrency']} at a time) in {r['experiment']}")
@@ -236,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="sweep", help="the sweep's name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not run again")
     p.add_argument("--cache", help="folder (s3:// on a cluster) for decoded samples: decoded once, read by every trial")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a config key every trial shares, over the space's fixed: "
+                   "e.g. --set size=64 --set train_samples=500 for a first small sweep (repeatable)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.set_defaults(run=_tune)
 
@@ -243,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
     p.add_argument("--data", required=True, help="dataset root (any dataset in the layout)")
     p.add_argument("--split", choices=["test", "all"], default="test", help="the test split (the last batch) or every sample (default test)")
-    p.add_argument("--out", help="folder for metrics.json and results.png (default: evaluation/ beside the checkpoint)")
+    p.add_argument("--out", help="folder for metrics.json and results.png (default: evaluations/<time>-<split>/ in the checkpoint's run directory)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per inference batch (default 32)")
     p.add_argument("--on-bad", choices=["error", "skip"], default="error", help="on a bad sample: stop, naming it; or skip it and count it (default error)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -269,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--flip", action="store_true", help="average the model's outputs over each pair and its left-right mirror "
                    "(about +0.003 IoU for twice the compute)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     p.set_defaults(run=_predict)
 
     p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")

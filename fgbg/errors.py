@@ -13,7 +13,7 @@ class BadSample(FgbgError):
     """One sample's file is missing, undecodable or of the wrong size."""
 
     def __init__(self, source: str, member: str, what: str):
-        super().__init__(f"{source}: {member}: {what}" if member else f"{source}: {what}")
+        super().__init__(": ".join(part for part in (source, member, what) if part))  # (a user's own image has no source)
         self.source, self.member, self.what = source, member, what
 
 

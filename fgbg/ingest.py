@@ -1,4 +1,5 @@
-"""Ray Data ingest: manifest rows → a Ray Dataset decoded in parallel into fixed-shape arrays.
+"""Ray Data ingest: a run's manifest tables (`load_tables`) → Ray Datasets decoded in parallel into fixed-shape arrays
+(`make_datasets`), from the JPEGs or from the decoded cache (fgbg.cache).
 
 The manifest (four member paths per sample) is small, so it is what gets shuffled; the images are
 read and decoded to uint8 by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping
@@ -9,38 +10,13 @@ fgbg.batch makes float tensors of the rest (augmented for training) on the train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pyarrow as pa
 import ray
 
-from .reader import PAD, decode_batch
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """How samples are decoded: sizes, what to do with bad files, block size."""
-
-    size: int = 160
-    depth_size: int | None = None  # default: size // 2, the model's depth output
-    on_bad: str = "error"  # or "skip": drop the sample and count it
-    rows_per_block: int = 256  # manifest rows per Ray Data block: the unit of parallel decoding (256 measured best, docs/benchmarks.md)
-
-    @property
-    def block_rows(self) -> int:
-        """rows_per_block, at least 1: the batch size of the decoding tasks."""
-        return max(1, self.rows_per_block)
-
-
-def manifest_blocks(table: pa.Table, config: IngestConfig) -> ray.data.Dataset:
-    """The manifest rows as a Ray Dataset of `rows_per_block`-row blocks, set up for decoding tasks."""
-    n = config.block_rows
-    ds = ray.data.from_arrow([table.slice(i, n) for i in range(0, table.num_rows, n)] or [table])
-    # Ray Data reserves a share of the CPUs per operator; where a decode task is a large part of the
-    # cluster (2 cores: half) that left one task running at a time. Decoding is the only operator
-    # that does work, so it gets every CPU it is given (docs/benchmarks.md, "Ingest": 1.7x).
-    ds.context.op_resource_reservation_enabled = False
-    return ds
+from .cache import cached_dataset, manifest_blocks
+from .config import Config
+from .errors import FgbgError
+from .reader import PAD, IngestConfig, decode_batch
 
 
 def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False) -> ray.data.Dataset:
@@ -63,8 +39,6 @@ def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", shuf
     """The one way fgbg builds a dataset of decoded samples: from the decoded cache when one is given
     (fgbg.cache, which decodes the split first if need be), else decoding the JPEGs as it is read."""
     if cache:
-        from .cache import cached_dataset
-
         return cached_dataset(table, config, cache, shuffle)
     return build_dataset(table, config, shuffle)
 
@@ -80,3 +54,29 @@ def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
         return table
     pad = table.slice(0, 1).to_pylist()[0] | {"sample": PAD}
     return pa.concat_tables([table, pa.Table.from_pylist([pad] * extra, schema=table.schema)])
+
+
+def load_tables(cfg: Config) -> dict:
+    """The run's train and test manifest tables (sources absolute), after the dataset's problems are reported."""
+    from .layout import load_manifest
+
+    if not cfg.data:
+        raise FgbgError("no dataset given (--data DIR, or data: in the config)")
+    manifest = load_manifest(cfg.data)
+    manifest.report_problems(cfg.on_bad)
+    split = manifest.split(cfg.test_batches)
+    train = split["train"].slice(0, cfg.train_samples) if cfg.train_samples else split["train"]
+    test = split["test"].slice(0, cfg.test_samples) if cfg.test_samples else split["test"]
+    if train.num_rows == 0 or test.num_rows == 0:
+        raise FgbgError(f"{cfg.data}: need training and test samples (found {train.num_rows} and {test.num_rows}; "
+                        "a dataset needs at least 2 batches, or set test_batches)")
+    if train.num_rows < cfg.batch_size:
+        raise FgbgError(f"{train.num_rows} training samples are fewer than one batch of {cfg.batch_size}")
+    return {"train": manifest.with_paths(train), "test": manifest.with_paths(test)}
+
+
+def make_datasets(cfg: Config, tables: dict) -> dict:
+    """The run's Ray Datasets: training shuffled each epoch; test padded so every worker gets an equal shard."""
+    ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
+    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, shuffle=True),
+            "test": samples_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, cfg.cache)}

@@ -26,6 +26,23 @@ def per_image_iou(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return iou_of((pred & true).sum(1).double(), (pred | true).sum(1).double())
 
 
+@torch.no_grad()
+def per_image(mask_logits, depth, mask_true, depth_true, fg_bg=None, bg=None) -> dict[str, torch.Tensor]:
+    """Each image's mask IoU at probability 0.5 (with its intersection and union), depth SSIM and summed squared
+    error, and with the inputs, the threshold rule's IoU: what SetMetrics sums and predict's table lists per sample.
+    mask_true and depth_true in [0, 1], N×1×H×W and N×1×h×w; fg_bg and bg as `threshold_mask` takes them."""
+    pred = (mask_logits.float() > 0).flatten(1)  # sigmoid(x) > 0.5
+    true = mask_true.flatten(1) > 0.5
+    inter, union = (pred & true).sum(1).double(), (pred | true).sum(1).double()
+    depth, depth_true = depth.float(), depth_true.float()
+    each = {"iou": iou_of(inter, union), "inter": inter, "union": union,
+            "ssim": depth_ssim(depth, depth_true, reduction="none").double(),
+            "sq_err": ((depth - depth_true) ** 2).flatten(1).double().sum(1)}
+    if fg_bg is not None:
+        each["baseline_iou"] = per_image_iou(threshold_mask(fg_bg, bg), true)
+    return each
+
+
 class SetMetrics:
     """Accumulates sums over batches; `compute` turns (all-reduced) sums into metrics."""
 
@@ -36,13 +53,8 @@ class SetMetrics:
     def update(self, mask_logits, depth, mask_true, depth_true, loss: torch.Tensor | None = None, fg_bg=None, bg=None) -> None:
         """Add a batch; loss is the batch's mean loss (a 0-d tensor); with the inputs fg_bg and bg, the threshold
         rule's IoU is kept beside the model's. Nothing is read back from the device."""
-        pred = (mask_logits.float() > 0).flatten(1)  # sigmoid(x) > 0.5
-        true = mask_true.flatten(1) > 0.5
-        inter = (pred & true).sum(1).double()
-        union = (pred | true).sum(1).double()
-        ious = iou_of(inter, union)
+        each = per_image(mask_logits, depth, mask_true, depth_true, fg_bg, bg)
         depth, depth_true = depth.float(), depth_true.float()
-        per_image_ssim = depth_ssim(depth, depth_true, reduction="none")
         valid = depth_true >= 1 / 255
         ratio = torch.maximum(depth / depth_true.clamp(min=1e-6), depth_true / depth.clamp(min=1e-6))
         n = mask_logits.shape[0]
@@ -50,16 +62,16 @@ class SetMetrics:
         self.sums += torch.stack(
             [
                 count,
-                ious.sum(),
-                inter.sum(),
-                union.sum(),
-                per_image_ssim.double().sum(),
-                ((depth - depth_true) ** 2).double().sum(),
+                each["iou"].sum(),
+                each["inter"].sum(),
+                each["union"].sum(),
+                each["ssim"].sum(),
+                each["sq_err"].sum(),
                 self.sums.new_full((), float(depth.numel())),
                 ((ratio < 1.25) & valid).double().sum(),
                 valid.double().sum(),
                 loss.double() * n if loss is not None else self.sums.new_zeros(()),
-                per_image_iou(threshold_mask(fg_bg, bg), true).sum() if fg_bg is not None else self.sums.new_zeros(()),
+                each["baseline_iou"].sum() if fg_bg is not None else self.sums.new_zeros(()),
             ]
         )
 

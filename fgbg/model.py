@@ -125,7 +125,7 @@ class UNet(nn.Module):
 
 def infer(model: nn.Module, fg_bg: torch.Tensor, bg: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's mask logits and depth; with flip, each the mean over the pair as it is and mirrored left to right
-    (test-time augmentation, one pass of twice the batch: about +0.003 IoU in docs/benchmarks.md for twice the compute)."""
+    (test-time augmentation, one pass of twice the batch: about +0.003 IoU in docs/experiments.md, "Test-time mirroring", for twice the compute)."""
     if not flip:
         return model(fg_bg, bg)
     n = len(fg_bg)

@@ -1,4 +1,5 @@
-"""Pictures: result grids (bg, fg_bg, true/predicted mask, true/predicted depth in plasma) and single maps."""
+"""Pictures: result grids (bg, fg_bg, true/predicted mask, true/predicted depth in plasma, titled, each row's IoU beside
+it) and single maps."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import io
 import numpy as np
 import torch
 from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-COLUMNS = ("bg", "fg_bg", "mask", "mask (predicted)", "depth", "depth (predicted)")
+from .metrics import per_image_iou
+
+COLUMNS = ("bg", "fg_bg", "true mask", "predicted mask", "true depth", "predicted depth")
+_TITLE, _LABEL = 24, 84  # the title strip's height and the IoU column's width, in pixels
 
 
 def plasma(depth: np.ndarray) -> np.ndarray:
@@ -33,9 +37,11 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, rows: int = 8) -> np.ndarray:
-    """One row per sample: bg, fg_bg, true mask, predicted mask, true depth, predicted depth (uint8 H×W×3)."""
+    """One row per sample, under a title per column: bg, fg_bg, true mask, predicted mask, true depth, predicted depth;
+    left of each row, its IoU (predicted mask at probability 0.5 against the true one). uint8 H×W×3."""
     n = min(rows, len(batch["fg_bg"]))
-    size = batch["fg_bg"].shape[-1]
+    tile = max(batch["fg_bg"].shape[-1], 128)
+    ious = per_image_iou(mask_logits[:n].float() > 0, batch["mask"][:n].float() > 0.5).tolist()
     out = []
     for i in range(n):
         tiles = [
@@ -46,8 +52,15 @@ def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, row
             plasma(batch["depth"][i, 0].float().cpu().numpy()),
             plasma(depth[i, 0].float().cpu().numpy()),
         ]
-        out.append(np.concatenate([_resize(t, max(size, 128)) for t in tiles], axis=1))
-    return np.concatenate(out, axis=0)
+        out.append(np.concatenate([_resize(t, tile) for t in tiles], axis=1))
+    picture = Image.new("RGB", (_LABEL + tile * len(COLUMNS), _TITLE + tile * n), "white")
+    picture.paste(Image.fromarray(np.concatenate(out, axis=0)), (_LABEL, _TITLE))
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=14)
+    for c, title in enumerate(COLUMNS):
+        draw.text((_LABEL + tile * c + tile // 2, _TITLE // 2), title, fill="black", font=font, anchor="mm")
+    for r, iou in enumerate(ious):
+        draw.text((_LABEL // 2, _TITLE + tile * r + tile // 2), f"IoU {iou:.3f}", fill="black", font=font, anchor="mm")
+    return np.asarray(picture)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -33,9 +33,9 @@ from PIL import Image
 
 from . import storage
 from .checkpoints import load_model
+from .cluster import native_stderr_in_ray_logs
 from .errors import BadSample, FgbgError, find_bad_sample
-from .losses import depth_ssim
-from .metrics import per_image_iou, threshold_mask
+from .metrics import per_image
 from .model import infer
 from .pictures import png_bytes, result_grid
 from .reader import decode_image, read_member
@@ -187,14 +187,11 @@ class Predictor:
             truth = np.flatnonzero(batch["mask"][ok] != "")  # positions among ok
             if len(truth):
                 at = ok[truth]
-                mask_true = torch.from_numpy(batch["mask_true"][at]).permute(0, 3, 1, 2) >= 128
-                depth_true = torch.from_numpy(batch["depth_true"][at]).permute(0, 3, 1, 2).float() / 255
-                d = depth[truth]
-                rows["iou"][at] = per_image_iou(pred[truth], mask_true).numpy()
-                rows["ssim"][at] = depth_ssim(d, depth_true, reduction="none").double().numpy()
-                rows["rmse"][at] = ((d - depth_true) ** 2).double().mean((1, 2, 3)).sqrt().numpy()
-                inputs = (torch.from_numpy(batch[k][at]) for k in ("fg_bg_rgb", "bg_rgb"))
-                rows["baseline_iou"][at] = per_image_iou(threshold_mask(*inputs), mask_true).numpy()
+                mask_true, depth_true = (torch.from_numpy(batch[k][at]).permute(0, 3, 1, 2).float() / 255 for k in ("mask_true", "depth_true"))
+                each = per_image(mask_logits[truth], depth[truth], mask_true, depth_true,
+                                 *(torch.from_numpy(batch[k][at]) for k in ("fg_bg_rgb", "bg_rgb")))
+                rows["iou"][at], rows["ssim"][at], rows["baseline_iou"][at] = (each[k].numpy() for k in ("iou", "ssim", "baseline_iou"))
+                rows["rmse"][at] = (each["sq_err"] / depth[0].numel()).sqrt().numpy()
             for j, i in enumerate(ok):
                 probability = torch.sigmoid(mask_logits[j, 0]).numpy() if self.raw else None
                 files = sample_files(pred[j, 0].numpy(), depth[j, 0].numpy(), (int(batch["width"][i]), int(batch["height"][i])), probability)
@@ -257,7 +254,7 @@ class _Parts:
 
 
 def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: int | None = None, gpu: bool = False,
-            on_bad: str = "error", raw: bool = False, address: str | None = None, flip: bool = False) -> dict:
+            on_bad: str = "error", raw: bool = False, address: str | None = None, flip: bool = False, verbose: bool = False) -> dict:
     """Predict every row of a job table into out (local or a URI); returns the summary. concurrency 0 runs in this
     process without Ray; otherwise Ray Data decodes in tasks and predicts on an actor pool (default: one actor per GPU
     with gpu, else per CPU but one, which decoding keeps). flip: each pair's outputs are the mean over it and its mirror
@@ -276,25 +273,31 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     done = _done_parts(out)
     todo = rows.filter(pc.invert(pc.is_in(rows["part"], pa.array(sorted(done), pa.int32()))))
     parts, start = _Parts(out, todo), time.perf_counter()
-    bar = tqdm(total=todo.num_rows, unit="sample", desc="predict", disable=None)  # a bar on a terminal only
-    last_line, first = start, 0.0
-    try:
-        for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address, flip):
-            first = first or time.perf_counter() - start  # the start-up: Ray, actors, the model
-            parts.add(table)
-            bar.update(table.num_rows)
-            if bar.disable and time.perf_counter() - last_line > 30:  # in a job's log: a line every 30 s
-                last_line = time.perf_counter()
-                rate = parts.samples / (last_line - start)
-                print(f"predict: {parts.samples}/{todo.num_rows} samples, {rate:.1f} samples/s, "
-                      f"{(todo.num_rows - parts.samples) / max(rate, 1e-9):.0f} s left", file=sys.stderr, flush=True)
-    except Exception as e:
-        bad = find_bad_sample(e)
-        if bad is None:
-            raise
-        raise FgbgError(f"{bad} (run `fgbg inspect`, or predict with --on-bad skip)") from None
-    finally:
-        bar.close()
+    if todo.num_rows and concurrency != 0:  # a Ray Data job: the cluster first, so that what its C++ core prints is kept back
+        from .cluster import connect
+
+        connect(address, num_cpus=max(os.cpu_count() or 1, (concurrency or 0) + 1), verbose=verbose)
+    with native_stderr_in_ray_logs(verbose):
+        bar = tqdm(total=todo.num_rows, unit="sample", desc="predict", disable=None)  # a bar on a terminal only
+        last_line, first = start, 0.0
+        try:
+            for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address, flip):
+                first = first or time.perf_counter() - start  # the start-up: Ray, actors, the model
+                parts.add(table)
+                bar.update(table.num_rows)
+                if bar.disable and time.perf_counter() - last_line > 30:  # in a job's log: a line every 30 s
+                    last_line = time.perf_counter()
+                    rate = parts.samples / (last_line - start)
+                    print(f"predict: {parts.samples}/{todo.num_rows} samples, {rate:.1f} samples/s, "
+                          f"{(todo.num_rows - parts.samples) / max(rate, 1e-9):.0f} s left", file=sys.stderr, flush=True)
+        except Exception as e:
+            bad = find_bad_sample(e)
+            if bad is None:
+                raise
+            advice = "run `fgbg inspect`, or predict with --on-bad skip" if pc.any(pc.not_equal(rows["source"], "")).as_py() else "--on-bad skip skips it"
+            raise FgbgError(f"{bad} ({advice})") from None
+        finally:
+            bar.close()
     seconds = time.perf_counter() - start
     table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(_part_path(out, p))))
                               for p in sorted(set(rows["part"].to_pylist()))])
@@ -310,7 +313,7 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
         summary |= {k: float(np.mean(scored[k].to_numpy())) for k in ("iou", "ssim", "baseline_iou")}
         summary["rmse"] = float(np.sqrt(np.mean(scored["rmse"].to_numpy() ** 2)))  # over all pixels, as fgbg evaluate
         summary["worst"] = storage.join(out, "worst.png")
-        storage.write_bytes(summary["worst"], _worst_grid(model, cfg.size, scored, rows, flip))
+        storage.write_bytes(summary["worst"], _worst_grid(Predictor(ckpt, out, model=model, flip=flip), cfg.size, scored, rows))
     return summary
 
 
@@ -331,9 +334,8 @@ def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurren
         return
     import ray
 
-    from .cluster import connect, quiet_ray_data
+    from .cluster import quiet_ray_data
 
-    connect(address, num_cpus=max(os.cpu_count() or 1, (concurrency or 0) + 1))
     quiet_ray_data()
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
@@ -356,17 +358,15 @@ def _results(checkpoint, model, size, todo: pa.Table, out, batch_size, concurren
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _worst_grid(model, size: int, scored: pa.Table, rows: pa.Table, flip: bool) -> bytes:
-    """A picture grid of the samples of lowest IoU, decoded and predicted again in this process."""
-    worst = scored.sort_by([("iou", "ascending")]).slice(0, 16)["name"].to_pylist()
-    picked = rows.filter(pc.is_in(rows["name"], pa.array(worst)))
-    decoded = decode_rows(picked.to_pydict(), size, "skip")
-    order = [list(decoded["name"]).index(n) for n in worst]
-    batch = {"fg_bg": decoded["fg_bg_rgb"][order], "bg": decoded["bg_rgb"][order], "mask": decoded["mask_true"][order],
-             "depth": decoded["depth_true"][order]}
+def _worst_grid(predictor: Predictor, size: int, scored: pa.Table, rows: pa.Table) -> bytes:
+    """A picture grid of the samples of lowest IoU, decoded and inferred again in this process, as the job did."""
     from .batch import prepare_batch
 
-    batch = prepare_batch({k: torch.from_numpy(v) for k, v in batch.items()}, torch.device("cpu"), channels_last=False)
-    with torch.no_grad():
-        mask_logits, depth = infer(model, batch["fg_bg"], batch["bg"], flip)
+    worst = scored.sort_by([("iou", "ascending")]).slice(0, 16)["name"].to_pylist()
+    decoded = decode_rows(rows.filter(pc.is_in(rows["name"], pa.array(worst))).to_pydict(), size, "skip")
+    order = [list(decoded["name"]).index(n) for n in worst]
+    mask_logits, depth = predictor.infer(decoded["fg_bg_rgb"][order], decoded["bg_rgb"][order])
+    batch = {k: torch.from_numpy(decoded[f"{k}_{suffix}"][order]) for k, suffix in
+             (("fg_bg", "rgb"), ("bg", "rgb"), ("mask", "true"), ("depth", "true"))}
+    batch = prepare_batch(batch, torch.device("cpu"), channels_last=False)  # (uint8 → the [0, 1] floats a grid shows)
     return png_bytes(result_grid(batch, mask_logits, depth, rows=len(order)))

@@ -1,15 +1,22 @@
-"""Training progress on the driver's terminal: rank 0 sends lines and bar updates through a Ray queue.
+"""Training progress: what a worker tells people (`EpochLog`: lines, bar, TensorBoard, history; `StartupMarks`:
+where the time to the first step went), and how it reaches the driver's terminal.
 
 Ray's own worker logs stay in its log files (unless --verbose), so progress travels on its own
-channel: `Progress` on the worker puts, `relay` on the driver prints.
+channel: rank 0's `Progress` puts lines and bar updates on a Ray queue, `relay` on the driver prints.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 
 import torch
+
+from . import storage
+from .config import Config
+from .report import append_history
+from .step import wait_for
 
 
 class Progress:
@@ -67,3 +74,122 @@ def relay(queue, stop) -> None:
     finally:
         if bar is not None:
             bar.close()
+
+
+_STARTUP = [  # (part, from mark, to mark): where the time from `fit` to the first training step goes
+    ("startup_connect", "driver", "connected"),  # the manifest, and starting or joining Ray
+    ("startup_datasets", "connected", "submitted"),  # the Ray Datasets (with --cache, decoding a split the first time) and the trainer
+    ("startup_workers", "submitted", "worker"),  # Ray Train's controller and worker group, up to the training function
+    ("startup_model", "worker", "model"),  # the model, and torch.distributed's process group
+    ("startup_first_batch", "model", "first_batch"),  # Ray Data starting and delivering the first batch
+    ("startup_first_step", "first_batch", "first_step"),  # the first training step
+]
+
+
+class StartupMarks:
+    """Wall-clock marks from `fit` to the first training step, and the seconds of each part between them."""
+
+    def __init__(self, marks: dict):
+        self.marks = dict(marks)
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.time())
+
+    def parts(self) -> dict[str, float]:
+        return startup_parts(self.marks)
+
+    def line(self) -> str:
+        took = self.parts()
+        total = took.pop("startup_total", None)
+        return (f"first step {total:.1f} s after start: " if total else "start-up: ") + ", ".join(
+            f"{k.removeprefix('startup_').replace('_', ' ')} {v:.1f} s" for k, v in took.items())
+
+
+def startup_parts(marks: dict) -> dict[str, float]:
+    """Seconds of each start-up part between the wall-clock marks that are there, and their total."""
+    parts = {name: marks[b] - marks[a] for name, a, b in _STARTUP if a in marks and b in marks}
+    if "driver" in marks and "first_step" in marks:
+        parts["startup_total"] = marks["first_step"] - marks["driver"]
+    return parts
+
+
+class EpochLog:
+    """What a worker tells people: progress lines and bar, TensorBoard, the run's history. Rank 0 only; others stay quiet.
+
+    startup: the marks of a fresh run, completed at the first step (which waits for the device once, so the
+    mark is the step done, not queued) and said in one line; None when resuming.
+    """
+
+    def __init__(self, cfg: Config, rank: int, queue, steps_per_epoch: int, startup: StartupMarks | None, global_step: int = 0):
+        self.cfg, self.rank, self.steps_per_epoch, self.startup = cfg, rank, steps_per_epoch, startup
+        self.progress = Progress(queue) if rank == 0 else None
+        self.writer = self.local_events = None
+        self.tensorboard = storage.join(cfg.run_dir, "tensorboard")
+        self.t_epoch = time.perf_counter()
+        self.global_step = global_step  # TensorBoard's step axis, continued on resume
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # for a run on an object store, events are written here and uploaded after every epoch
+            self.local_events = tempfile.mkdtemp(prefix="fgbg-tensorboard-") if storage.is_uri(self.tensorboard) else self.tensorboard
+            self.writer = SummaryWriter(self.local_events)
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            self.progress(line)
+
+    def step(self, epoch: int, i: int, parts: dict) -> None:
+        """After step i of an epoch; the losses are read from the device only every log_every steps."""
+        if self.startup is not None and "first_step" not in self.startup.marks:
+            wait_for(parts["loss"].device)
+            self.startup.mark("first_step")
+            self.say(self.startup.line())
+        if i == 1:
+            self.t_epoch = time.perf_counter()
+        self.global_step += 1
+        if self.progress is None:
+            return
+        self.progress.step(epoch, self.cfg.epochs, i, self.steps_per_epoch, parts["loss"])
+        if i % self.cfg.log_every == 0:
+            values = {k: float(v) for k, v in parts.items()}
+            rate = (i - 1) * self.cfg.batch_size / max(time.perf_counter() - self.t_epoch, 1e-9)  # from the end of step 1
+            self.say(f"epoch {epoch}/{self.cfg.epochs} step {i}/{self.steps_per_epoch} loss {values['loss']:.4f} {rate:.1f} samples/s")
+            for k, v in values.items():
+                self.writer.add_scalar(f"step/{k}", v, self.global_step)
+
+    def grid(self, epoch: int):
+        """evaluate_batches' on_first: the test batch's results as a picture in TensorBoard (rank 0)."""
+        if self.writer is None:
+            return None
+
+        def add(batch, mask_logits, depth):
+            from .pictures import result_grid
+
+            self.writer.add_image("test/results", result_grid(batch, mask_logits, depth), epoch, dataformats="HWC")
+
+        return add
+
+    def epoch(self, metrics: dict) -> None:
+        """The epoch's line, its TensorBoard scalars and its line in the run's history."""
+        if self.rank != 0:
+            return
+        append_history(self.cfg.run_dir, metrics)
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"epoch/{k}", v, metrics["epoch"])
+        self.writer.flush()
+        if self.local_events != self.tensorboard:
+            storage.upload_dir(self.local_events, self.tensorboard)
+        m = metrics
+        self.say(f"epoch {m['epoch']}/{self.cfg.epochs} done: train loss {m.get('train_loss', float('nan')):.4f} | test loss {m['loss']:.4f} "
+                 f"IoU {m['iou']:.3f} SSIM {m['ssim']:.3f} RMSE {m['rmse']:.3f} | {m['samples_per_s']:.1f} samples/s"
+                 + (f" | skipped {m['skipped']} bad samples" if m["skipped"] else ""))
+
+    def close(self, profile_summary: str | None = None) -> None:
+        if profile_summary:
+            self.say(profile_summary)
+        if self.writer:
+            self.writer.close()
+            if self.local_events != self.tensorboard:
+                import shutil
+
+                shutil.rmtree(self.local_events, ignore_errors=True)

@@ -29,10 +29,10 @@ from .metrics import SetMetrics
 from .model import build_model
 from .optim import Schedule, build_optimizer
 from .profiling import RunProfiler
-from .progress import Progress, relay
-from .report import append_history, append_resume_changes, write_report
+from .progress import EpochLog, StartupMarks, relay
+from .report import append_resume_changes, write_report
 from .runlock import RunLock
-from .step import TrainStep, evaluate_batches, wait_for
+from .step import TrainStep, evaluate_batches
 
 
 def train_func_per_worker(loop_config: dict) -> None:
@@ -236,160 +236,16 @@ def epoch_metrics(epoch: int, test: dict, train_sums: list[float], times: dict, 
     return metrics
 
 
-_STARTUP = [  # (part, from mark, to mark): where the time from `fit` to the first training step goes
-    ("startup_connect", "driver", "connected"),  # the manifest, and starting or joining Ray
-    ("startup_datasets", "connected", "submitted"),  # the Ray Datasets (with --cache, decoding a split the first time) and the trainer
-    ("startup_workers", "submitted", "worker"),  # Ray Train's controller and worker group, up to the training function
-    ("startup_model", "worker", "model"),  # the model, and torch.distributed's process group
-    ("startup_first_batch", "model", "first_batch"),  # Ray Data starting and delivering the first batch
-    ("startup_first_step", "first_batch", "first_step"),  # the first training step
-]
-
-
-class StartupMarks:
-    """Wall-clock marks from `fit` to the first training step, and the seconds of each part between them."""
-
-    def __init__(self, marks: dict):
-        self.marks = dict(marks)
-
-    def mark(self, name: str) -> None:
-        self.marks.setdefault(name, time.time())
-
-    def parts(self) -> dict[str, float]:
-        return startup_parts(self.marks)
-
-    def line(self) -> str:
-        took = self.parts()
-        total = took.pop("startup_total", None)
-        return (f"first step {total:.1f} s after start: " if total else "start-up: ") + ", ".join(
-            f"{k.removeprefix('startup_').replace('_', ' ')} {v:.1f} s" for k, v in took.items())
-
-
-def startup_parts(marks: dict) -> dict[str, float]:
-    """Seconds of each start-up part between the wall-clock marks that are there, and their total."""
-    parts = {name: marks[b] - marks[a] for name, a, b in _STARTUP if a in marks and b in marks}
-    if "driver" in marks and "first_step" in marks:
-        parts["startup_total"] = marks["first_step"] - marks["driver"]
-    return parts
-
-
-class EpochLog:
-    """What a worker tells people: progress lines and bar, TensorBoard, the run's history. Rank 0 only; others stay quiet.
-
-    startup: the marks of a fresh run, completed at the first step (which waits for the device once, so the
-    mark is the step done, not queued) and said in one line; None when resuming.
-    """
-
-    def __init__(self, cfg: Config, rank: int, queue, steps_per_epoch: int, startup: StartupMarks | None, global_step: int = 0):
-        self.cfg, self.rank, self.steps_per_epoch, self.startup = cfg, rank, steps_per_epoch, startup
-        self.progress = Progress(queue) if rank == 0 else None
-        self.writer = self.local_events = None
-        self.tensorboard = storage.join(cfg.run_dir, "tensorboard")
-        self.t_epoch = time.perf_counter()
-        self.global_step = global_step  # TensorBoard's step axis, continued on resume
-        if rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # for a run on an object store, events are written here and uploaded after every epoch
-            self.local_events = tempfile.mkdtemp(prefix="fgbg-tensorboard-") if storage.is_uri(self.tensorboard) else self.tensorboard
-            self.writer = SummaryWriter(self.local_events)
-
-    def say(self, line: str) -> None:
-        if self.progress:
-            self.progress(line)
-
-    def step(self, epoch: int, i: int, parts: dict) -> None:
-        """After step i of an epoch; the losses are read from the device only every log_every steps."""
-        if self.startup is not None and "first_step" not in self.startup.marks:
-            wait_for(parts["loss"].device)
-            self.startup.mark("first_step")
-            self.say(self.startup.line())
-        if i == 1:
-            self.t_epoch = time.perf_counter()
-        self.global_step += 1
-        if self.progress is None:
-            return
-        self.progress.step(epoch, self.cfg.epochs, i, self.steps_per_epoch, parts["loss"])
-        if i % self.cfg.log_every == 0:
-            values = {k: float(v) for k, v in parts.items()}
-            rate = (i - 1) * self.cfg.batch_size / max(time.perf_counter() - self.t_epoch, 1e-9)  # from the end of step 1
-            self.say(f"epoch {epoch}/{self.cfg.epochs} step {i}/{self.steps_per_epoch} loss {values['loss']:.4f} {rate:.1f} samples/s")
-            for k, v in values.items():
-                self.writer.add_scalar(f"step/{k}", v, self.global_step)
-
-    def grid(self, epoch: int):
-        """evaluate_batches' on_first: the test batch's results as a picture in TensorBoard (rank 0)."""
-        if self.writer is None:
-            return None
-
-        def add(batch, mask_logits, depth):
-            from .pictures import result_grid
-
-            self.writer.add_image("test/results", result_grid(batch, mask_logits, depth), epoch, dataformats="HWC")
-
-        return add
-
-    def epoch(self, metrics: dict) -> None:
-        """The epoch's line, its TensorBoard scalars and its line in the run's history."""
-        if self.rank != 0:
-            return
-        append_history(self.cfg.run_dir, metrics)
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"epoch/{k}", v, metrics["epoch"])
-        self.writer.flush()
-        if self.local_events != self.tensorboard:
-            storage.upload_dir(self.local_events, self.tensorboard)
-        m = metrics
-        self.say(f"epoch {m['epoch']}/{self.cfg.epochs} done: train loss {m.get('train_loss', float('nan')):.4f} | test loss {m['loss']:.4f} "
-                 f"IoU {m['iou']:.3f} SSIM {m['ssim']:.3f} RMSE {m['rmse']:.3f} | {m['samples_per_s']:.1f} samples/s"
-                 + (f" | skipped {m['skipped']} bad samples" if m["skipped"] else ""))
-
-    def close(self, profile_summary: str | None = None) -> None:
-        if profile_summary:
-            self.say(profile_summary)
-        if self.writer:
-            self.writer.close()
-            if self.local_events != self.tensorboard:
-                import shutil
-
-                shutil.rmtree(self.local_events, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- driver
-
-
-def load_tables(cfg: Config) -> dict:
-    """The run's train and test manifest tables (sources absolute), after the dataset's problems are reported."""
-    from .layout import load_manifest
-
-    if not cfg.data:
-        raise FgbgError("no dataset given (--data DIR, or data: in the config)")
-    manifest = load_manifest(cfg.data)
-    manifest.report_problems(cfg.on_bad)
-    split = manifest.split(cfg.test_batches)
-    train = split["train"].slice(0, cfg.train_samples) if cfg.train_samples else split["train"]
-    test = split["test"].slice(0, cfg.test_samples) if cfg.test_samples else split["test"]
-    if train.num_rows == 0 or test.num_rows == 0:
-        raise FgbgError(f"{cfg.data}: need training and test samples (found {train.num_rows} and {test.num_rows}; "
-                        "a dataset needs at least 2 batches, or set test_batches)")
-    if train.num_rows < cfg.batch_size:
-        raise FgbgError(f"{train.num_rows} training samples are fewer than one batch of {cfg.batch_size}")
-    return {"train": manifest.with_paths(train), "test": manifest.with_paths(test)}
-
-
-def make_datasets(cfg: Config, tables: dict) -> dict:
-    """The run's Ray Datasets: training shuffled each epoch; test padded so every worker gets an equal shard."""
-    from .ingest import IngestConfig, pad_rows, samples_dataset
-
-    ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
-    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, shuffle=True),
-            "test": samples_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, cfg.cache)}
 
 
 def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, startup: dict | None = None):
     """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from .ingest import make_datasets
+    from .rendezvous import OneMachineConfig
 
     datasets = make_datasets(cfg, tables)
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
@@ -408,6 +264,7 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, start
             callbacks=callbacks,
         ),
         datasets=datasets,
+        torch_config=OneMachineConfig(),  # a group on one machine meets through a file, not a TCP server on every interface
     )
 
 
@@ -417,6 +274,8 @@ def fit(cfg: Config, address: str | None = None, verbose: bool = False) -> dict:
     cfg = cfg.resolved()
     changed = cfg.changes_since_saved()  # before anything starts: a resume may not change the model's shape
     storage.check_bucket(cfg.out)  # a missing bucket or denied access stops here, not after the first epoch
+    from .ingest import load_tables
+
     tables = load_tables(cfg)
     last = checkpoints.find(cfg.run_dir)
     if last and last[-1][1]["epoch"] >= cfg.epochs:
@@ -437,7 +296,10 @@ def _fit(cfg: Config, tables: dict, startup: dict, address: str | None, verbose:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # a local cluster gets one CPU more than the training workers take, so that Ray Data can decode
-    connect(address, num_cpus=max(os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker) + 1), verbose=verbose)
+    cores, cpus = os.cpu_count() or 1, int(max(cfg.workers, 1) * cfg.cpus_per_worker)
+    if connect(address, num_cpus=max(cores, cpus + 1), verbose=verbose) and cpus > cores:
+        print(f"fgbg: {cfg.workers} training workers share this machine's {cores} cores: they train no faster than {cores} would",
+              file=sys.stderr, flush=True)
     quiet_ray_data()
     check_room(cfg.workers, cfg.cpus_per_worker)
     # the queue lives on the driver's node: losing a worker node must not take the progress lines with it

@@ -112,7 +112,8 @@ def run_trial(params: dict, base: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .cluster import quiet_ray_data
-    from .train import load_tables, make_trainer
+    from .ingest import load_tables
+    from .train import make_trainer
 
     trial = ray.tune.get_context().get_trial_id()
     cfg = Config.from_dict({**base, **params, "name": trial})  # the trial id: a restarted trial finds its checkpoints
@@ -145,13 +146,18 @@ def sweep(
     resume: bool = False,
     address: str | None = None,
     cache: str | None = None,
+    overrides: dict | None = None,
 ) -> dict:
-    """Run (or resume) a sweep; writes results.csv, best_config.yaml and sweep.png into OUT/NAME."""
+    """Run (or resume) a sweep; writes results.csv, best_config.yaml and sweep.png into OUT/NAME.
+    overrides: config keys every trial shares, over the space's fixed ones (`fgbg tune --set`)."""
     from ray import tune
 
     from .cluster import connect
 
     space = load_space(space_path)
+    searched = sorted(set(overrides or {}) & set(space.space))
+    if searched:
+        raise FgbgError(f"--set {', '.join(searched)}: searched by {space.source}; --set fixes only keys the space does not search")
     if scheduler not in ("asha", "fifo"):
         raise FgbgError(f"--scheduler must be asha or fifo, not {scheduler!r}")
     out = storage.absolute(out)
@@ -161,7 +167,7 @@ def sweep(
              "out": storage.join(experiment, "trials"), **({"epochs": epochs} if epochs else {}),
              **({"objective": space.objective} if space.objective else {})}
     # one resolution, checks included: absolute paths, since a trial's working directory is its own
-    base = Config.from_dict({**space.fixed, **given}).resolved()
+    base = Config.from_dict({**space.fixed, **(overrides or {}), **given}).resolved()
 
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(workers_per_trial * base.cpus_per_worker) + 2))
@@ -171,7 +177,7 @@ def sweep(
     concurrency = concurrency or cap
     if base.cache and not resume and not {"size", "on_bad", "train_samples", "test_samples"} & set(space.space):
         # decode into the cache here, once, rather than in each of the first trials at the same time
-        from .train import load_tables, make_datasets
+        from .ingest import load_tables, make_datasets
 
         make_datasets(base, load_tables(base))
     # the trial itself only launches a TorchTrainer, which reserves the workers' resources on its own;

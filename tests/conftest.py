@@ -29,7 +29,10 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """One real local Ray cluster for the whole test session."""
+    """One real local Ray cluster for the whole test session, on loopback only as fgbg starts one (fgbg.cluster.connect)."""
+    from fgbg.cluster import loopback_only
+
+    loopback_only()
     import ray
 
     # 3 logical CPUs on 2 cores: two training workers and one for Ray Data decoding; the dashboard

@@ -30,6 +30,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listeners(*pids: int) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket listening in these processes and all their descendants."""
+    import psutil
+
+    tree = set()
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            tree |= {process.pid, *(c.pid for c in process.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            continue
+    found = set()
+    for c in psutil.net_connections("tcp"):
+        if c.status == psutil.CONN_LISTEN and c.pid in tree:
+            try:
+                name = psutil.Process(c.pid).name()
+            except psutil.NoSuchProcess:
+                name = "?"
+            found.add((c.laddr.ip, c.laddr.port, name))
+    return found
+
+
+def beyond_loopback(found: set[tuple[str, int, str]]) -> set[tuple[str, int, str]]:
+    """The listeners of `listeners` that a client on the network could reach (not 127.0.0.0/8 or ::1)."""
+    import ipaddress
+
+    return {x for x in found if not ipaddress.ip_address(x[0].removeprefix("::ffff:")).is_loopback}
+
+
 def registered_epoch(run) -> int:
     """The epoch of the latest checkpoint Ray Train has registered (written and reported by every worker)."""
     try:
@@ -60,6 +89,9 @@ class LoopbackCluster:
             "RAY_ADDRESS": "",
             **(env or {}),
         }
+        # the session's local cluster is on loopback only (fgbg.cluster.loopback_only); with that, `ray start --address`
+        # refuses to start a worker node
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.nodes: list[subprocess.Popen] = []
         self.temp_dirs: list[str] = []
         head = ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=true",

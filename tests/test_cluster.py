@@ -18,7 +18,6 @@ import yaml
 from fgbg import checkpoints
 from fgbg.checkpoints import find as find_checkpoints
 from fgbg.config import Config
-from fgbg.model import build_model
 from fgbg.synth import SynthSpec, write_dataset
 
 from loopback import LoopbackCluster, fake_autoscaling_config, free_port, registered_epoch
@@ -74,8 +73,7 @@ def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, 
 
 def test_predict_job_spreads_its_actors_over_both_worker_nodes(cluster, longer_data, tmp_path):
     cfg = Config(size=64, width=0.25)
-    (tmp_path / "ck").mkdir()
-    checkpoints.write(tmp_path / "ck", build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    checkpoints.write_untrained(tmp_path / "ck", cfg)
     job = cluster.submit(f"python jobs/predict.py --checkpoint {tmp_path / 'ck'} --data {longer_data} --out {tmp_path / 'p'} "
                          "--concurrency 2 --batch-size 16")
     status = cluster.wait_job(job, 300)

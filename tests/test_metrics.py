@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fgbg.losses import PARTS, MaskDepthLoss, depth_ssim, depth_ssim_loss, lovasz_hinge_loss, soft_dice_loss
-from fgbg.metrics import SetMetrics, threshold_iou, threshold_mask
+from fgbg.metrics import SetMetrics, per_image, threshold_iou, threshold_mask
+from fgbg.pictures import _LABEL, _TITLE, COLUMNS, result_grid
 
 
 def _logits(mask):
@@ -27,6 +28,22 @@ def test_iou_per_image_and_flattened_by_hand():
     assert r["iou"] == pytest.approx((2 / 6 + 1) / 2)
     assert r["iou_flat"] == pytest.approx(10 / 14)
     assert r["samples"] == 2
+    # the same per image, as predict's table lists them
+    each = per_image(_logits(torch.stack([pred1, pred2])[:, None]), depth, torch.stack([true1, true2])[:, None], depth + 0.25)
+    assert each["iou"].tolist() == pytest.approx([2 / 6, 1.0]) and each["sq_err"].tolist() == pytest.approx([144 / 16] * 2)
+
+
+def test_a_result_grid_titles_its_columns_and_gives_each_rows_iou():
+    true = torch.zeros(2, 1, 32, 32)
+    true[:, :, 8:24, 8:24] = 1
+    logits = _logits(torch.stack([true[0], torch.zeros_like(true[0])]))  # row 1: perfect; row 2: nothing found
+    images, depth = torch.full((2, 3, 32, 32), 0.5), torch.full((2, 1, 16, 16), 0.5)
+    grid = result_grid({"bg": images, "fg_bg": images, "mask": true, "depth": depth}, logits, depth)
+    assert grid.shape == (_TITLE + 2 * 128, _LABEL + len(COLUMNS) * 128, 3)
+    titles = grid[:_TITLE, _LABEL:].min(axis=2).reshape(_TITLE, len(COLUMNS), 128)
+    assert (titles < 128).any(axis=(0, 2)).all()  # dark text over every column
+    first, second = (grid[_TITLE + 128 * r : _TITLE + 128 * (r + 1), :_LABEL] for r in (0, 1))
+    assert (first < 128).any() and (second < 128).any() and (first != second).any()  # "IoU 1.000" and "IoU 0.000"
 
 
 def test_empty_masks_count_as_perfect_and_threshold_is_half_probability():

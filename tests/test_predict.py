@@ -19,7 +19,7 @@ from fgbg import predict as predict_module
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
-from fgbg.model import build_model
+from fgbg.pictures import _LABEL, _TITLE
 from fgbg.predict import dataset_rows, pair_rows, predict
 from fgbg.synth import SynthSpec, write_dataset
 
@@ -30,8 +30,7 @@ def checkpoint(tmp_path_factory):
     cfg = Config(size=32, width=0.25)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("run") / "checkpoint_000000"
-    folder.mkdir()
-    checkpoints.write(folder, build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    checkpoints.write_untrained(folder, cfg)
     return str(folder)
 
 
@@ -63,7 +62,7 @@ def test_a_dataset_gets_every_file_and_a_table_whose_iou_matches_one_done_by_han
         assert row["iou"] == pytest.approx((pred & true).sum() / union if union else 1.0, abs=1e-12)
         assert row["fg_area"] == pytest.approx(pred.mean(), abs=1e-12) and 0 <= row["ssim"] <= 1 and row["rmse"] >= 0
     assert r["iou"] == pytest.approx(np.mean([row["iou"] for row in table]))
-    assert Image.open(r["worst"]).size[1] == 16 * 128  # 16 rows of 128-pixel tiles
+    assert Image.open(r["worst"]).size == (_LABEL + 6 * 128, _TITLE + 16 * 128)  # the titles, then 16 rows of 6 128-pixel tiles
 
 
 def test_flip_predicts_the_mean_over_each_pair_and_its_mirror_and_is_not_mixed_into_a_job_without_it(checkpoint, synth_data, tmp_path):
@@ -160,3 +159,7 @@ def test_pairs_that_do_not_match_and_inputs_that_do_not_exist_are_named(checkpoi
         pair_rows(tmp_path / "nothing.jpg", tmp_path / "bg.jpg")
     assert main(["predict", "--checkpoint", checkpoint, "--data", str(tmp_path), "--fg-bg", str(tmp_path / "fg_bg.jpg"), "--out", "o"]) == 2
     assert "predict takes --data DATA (a dataset in the layout), or --fg-bg and --bg" in capsys.readouterr().err
+    (tmp_path / "text.jpg").write_text("not an image")
+    args = ["predict", "--checkpoint", checkpoint, "--fg-bg", str(tmp_path / "text.jpg"), "--bg", str(tmp_path / "bg.jpg"), "--out", str(tmp_path / "t")]
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"fgbg predict: error: {tmp_path / 'text.jpg'}: not a JPEG or PNG image (--on-bad skip skips it)\n"

@@ -22,13 +22,14 @@ from fgbg.optim import Schedule, build_optimizer
 from fgbg.runlock import LOCK, RunLock
 from fgbg.train import fit
 
+from loopback import beyond_loopback, listeners
+
 SMALL = dict(size=32, width=0.25)
 
 
 def _checkpoint(folder, cfg=None):
     cfg = cfg or Config(**SMALL)
-    folder.mkdir(parents=True)
-    checkpoints.write(folder, build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    checkpoints.write_untrained(folder, cfg)
     return folder
 
 
@@ -205,28 +206,33 @@ def test_a_disk_that_fills_ends_the_run_and_keeps_its_last_good_checkpoint(ray_c
     assert result["metrics"]["epoch"] == 2 and checkpoints.find(str(small_disk / "r"))[-1][1]["epoch"] == 2
 
 
-def test_a_local_cluster_serves_http_on_loopback_only_and_its_wider_listeners_refuse_another_token(
-        ray_cluster, tmp_path):
-    import psutil
+def test_a_local_cluster_listens_on_loopback_only_and_refuses_a_client_with_another_token(ray_cluster, synth_data, tmp_path):
+    import threading
 
     node = ray_cluster._private.worker._global_node
-    pids = {os.getpid()}
-    for infos in node.all_processes.values():
-        for info in infos:
-            process = psutil.Process(info.process.pid)
-            pids |= {process.pid, *(c.pid for c in process.children(recursive=True))}
-    listening: dict[int, set[str]] = {}
-    for c in psutil.net_connections("tcp"):
-        if c.status == psutil.CONN_LISTEN and c.pid in pids:
-            listening.setdefault(c.laddr.port, set()).add(c.laddr.ip)
+    pids = [os.getpid(), *(info.process.pid for infos in node.all_processes.values() for info in infos)]
+    seen, done = set(), threading.Event()
+
+    def watch():  # every listener of the cluster's processes (workers included) while a 2-worker run trains
+        while not done.is_set():
+            seen.update(listeners(*pids))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        fit(Config(data=str(synth_data), out=str(tmp_path), name="l", epochs=1, workers=2, batch_size=8, test_samples=8, **SMALL))
+    finally:
+        done.set()
+        watcher.join()
     dashboard = int(node.address_info["webui_url"].rsplit(":", 1)[1])
-    assert listening[dashboard] == {"127.0.0.1"}  # the dashboard and the Jobs API: loopback only
     gcs = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
-    assert listening[gcs] - {"127.0.0.1", "::1"}  # Ray 2.60 binds the GCS (and raylets, workers) wider: no setting
-    # … which a client with another token, coming from the network, cannot use: the GCS refuses it
+    assert {port for _, port, _ in seen} >= {dashboard, gcs}
+    assert any(name.startswith("ray::RayTrainWorker") for *_, name in seen)  # the training workers' own sockets were watched too
+    assert beyond_loopback(seen) == set()  # no Ray server, worker or rendezvous store reachable from the network
+    # … and on loopback, a client (another user of this machine) with another token is refused by the GCS
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
     env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=secrets.token_hex(32))
-    address = f"{ray_cluster.util.get_node_ip_address()}:{gcs}"
-    stranger = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r})"], env=env,
+    stranger = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{gcs}')"], env=env,
                               capture_output=True, text=True, timeout=120)
     assert stranger.returncode != 0 and "Authentication token is missing or incorrect" in stranger.stderr

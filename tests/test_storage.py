@@ -21,7 +21,6 @@ from fgbg.errors import FgbgError
 from fgbg.evaluate import evaluate
 from fgbg.inspect import inspect_dataset
 from fgbg.layout import MANIFEST_NAME, load_manifest
-from fgbg.model import build_model
 from fgbg.predict import dataset_rows, predict
 from fgbg.train import fit
 from fgbg.tune import sweep
@@ -127,8 +126,7 @@ def test_sweep_on_s3_data_writes_its_trials_and_results_to_s3(ray_cluster, s3_da
 
 def test_predict_reads_a_dataset_in_the_bucket_and_writes_its_outputs_there(ray_cluster, s3_data, tmp_path):
     cfg = Config(size=32, width=0.25)
-    (tmp_path / "ck").mkdir()
-    checkpoints.write(tmp_path / "ck", build_model(cfg).state_dict(), {"epoch": 0, "best_iou": 0.0, "step": 1}, cfg, {"epoch": 1, "iou": 0.0})
+    checkpoints.write_untrained(tmp_path / "ck", cfg)
     out = f"s3://{BUCKET}/predictions"
     r = predict(str(tmp_path / "ck"), dataset_rows(s3_data), out, batch_size=8, concurrency=1)
     assert (r["samples"], r["predicted"]) == (48, 48) and r["worst"] == f"{out}/worst.png"

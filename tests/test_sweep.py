@@ -51,9 +51,9 @@ def test_sweep_writes_results_best_config_and_plot_and_asha_stops_weak_trials(ra
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, synth_data, tmp_path):
-    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 2.0]}}, {**FIXED, "epochs": 1})
+    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 2.0]}}, {**FIXED, "epochs": 3})
     args = ["tune", "--space", space, "--data", str(synth_data), "--trials", "1", "--scheduler", "fifo",
-            "--out", str(tmp_path / "sweeps"), "--name", "r", "--concurrency", "1"]
+            "--out", str(tmp_path / "sweeps"), "--name", "r", "--concurrency", "1", "--set", "epochs=1"]  # over the space's 3
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen([sys.executable, "-m", "fgbg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
@@ -68,7 +68,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, syn
     assert finished, "no trial finished before the deadline"
     assert not (exp / "results.csv").exists()
     before = {d.name: json.loads((d / "result.json").read_text().splitlines()[0]) for d in finished}
-    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="r", resume=True)
+    r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="r", resume=True, overrides={"epochs": 1})
+    assert Config.load(str(exp / "best_config.yaml")).epochs == 1
     assert len(r["trials"]) == 2 and len(list(csv.DictReader((exp / "results.csv").open()))) == 2
     for name, result in before.items():
         # a finished trial was not trained again (Tune may restart one killed as it finished: it reports
@@ -98,6 +99,12 @@ def test_invalid_spaces_fail_before_any_trial_naming_the_key(tmp_path, doc, matc
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(FgbgError, match=match):
         load_space(path)
+
+
+def test_set_may_not_fix_a_key_the_space_searches(synth_data, tmp_path):
+    space = _space(tmp_path, {"w_depth": {"grid": [0.5, 2.0]}})
+    with pytest.raises(FgbgError, match=r"--set w_depth: searched by .*space.yaml; --set fixes only keys the space does not search"):
+        sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), overrides={"w_depth": 1.0, "size": 64})
 
 
 def test_shipped_spaces_are_valid():

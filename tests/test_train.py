@@ -18,11 +18,12 @@ from fgbg.checkpoints import find as find_checkpoints
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
+from fgbg.ingest import load_tables
 from fgbg.report import read_history
 from fgbg.synth import SynthSpec, write_dataset
-from fgbg.train import fit, load_tables, make_trainer
+from fgbg.train import fit, make_trainer
 
-from loopback import registered_epoch
+from loopback import beyond_loopback, listeners, registered_epoch
 from original import rewrite_zip, write_original
 
 TINY = dict(size=32, width=0.25, batch_size=8, log_every=1, lr=3e-3)
@@ -149,10 +150,12 @@ def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
     # as a user starts it: no RAY_AUTH_MODE of the tests' own (the token still comes from RAY_AUTH_TOKEN, not ~/.ray)
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_ADDRESS": ""}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    deadline = time.time() + 240
+    deadline, seen = time.time() + 240, set()
     while registered_epoch(tmp_path / "k") < 1 and time.time() < deadline and proc.poll() is None:
+        seen |= listeners(proc.pid)  # the driver, the cluster it started, and its training worker
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read()[-3000:]
+    assert any(name.startswith("ray::RayTrainWorker") for *_, name in seen) and beyond_loopback(seen) == set()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = registered_epoch(tmp_path / "k")
@@ -164,7 +167,8 @@ def test_killed_train_driver_resumes_when_the_same_command_runs_again(tmp_path):
     assert [f"epoch {e}/3 done" in again.stdout for e in (1, 2, 3)] == [e > resumed for e in (1, 2, 3)]
     assert find_checkpoints(tmp_path / "k")[-1][1]["epoch"] == 3
     # a quiet first run: fgbg says in one line what it started, and Ray's notices stay in Ray's logs
-    assert re.search(r"fgbg: started a local Ray cluster \(\d+ CPUs, 127\.0\.0\.1, token auth on\); dashboard http://127\.0\.0\.1:\d+",
+    assert re.search(r"fgbg: started a local Ray cluster \(\d+ CPUs on \d+ cores, listening on 127\.0\.0\.1 only, token auth on\); "
+                     r"dashboard http://127\.0\.0\.1:\d+",
                      again.stderr), again.stderr[-2000:]
     assert "Token authentication is enabled" not in again.stdout + again.stderr
 
