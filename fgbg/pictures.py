@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .metrics import per_image_iou
 
 COLUMNS = ("bg", "fg_bg", "true mask", "predicted mask", "true depth", "predicted depth")
-_TITLE, _LABEL = 24, 84  # the title strip's height and the IoU column's width, in pixels
+TITLE_PX, LABEL_PX = 24, 84  # the title strip's height and the IoU column's width, in pixels
 
 
 def plasma(depth: np.ndarray) -> np.ndarray:
@@ -53,13 +53,13 @@ def result_grid(batch: dict, mask_logits: torch.Tensor, depth: torch.Tensor, row
             plasma(depth[i, 0].float().cpu().numpy()),
         ]
         out.append(np.concatenate([_resize(t, tile) for t in tiles], axis=1))
-    picture = Image.new("RGB", (_LABEL + tile * len(COLUMNS), _TITLE + tile * n), "white")
-    picture.paste(Image.fromarray(np.concatenate(out, axis=0)), (_LABEL, _TITLE))
+    picture = Image.new("RGB", (LABEL_PX + tile * len(COLUMNS), TITLE_PX + tile * n), "white")
+    picture.paste(Image.fromarray(np.concatenate(out, axis=0)), (LABEL_PX, TITLE_PX))
     draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=14)
     for c, title in enumerate(COLUMNS):
-        draw.text((_LABEL + tile * c + tile // 2, _TITLE // 2), title, fill="black", font=font, anchor="mm")
+        draw.text((LABEL_PX + tile * c + tile // 2, TITLE_PX // 2), title, fill="black", font=font, anchor="mm")
     for r, iou in enumerate(ious):
-        draw.text((_LABEL // 2, _TITLE + tile * r + tile // 2), f"IoU {iou:.3f}", fill="black", font=font, anchor="mm")
+        draw.text((LABEL_PX // 2, TITLE_PX + tile * r + tile // 2), f"IoU {iou:.3f}", fill="black", font=font, anchor="mm")
     return np.asarray(picture)
 
 

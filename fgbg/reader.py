@@ -70,8 +70,10 @@ def open_jpeg(data: bytes, source: str = "?", member: str = "?", formats: tuple[
         yield img
     except BadSample:
         raise
-    except UnidentifiedImageError:  # (its message names a BytesIO object, not the file)
-        raise BadSample(source, member, f"not a {' or '.join(formats)} image") from None
+    except UnidentifiedImageError:  # (PIL's message names a BytesIO object, not the file)
+        broken = data[:2] == b"\xff\xd8" or data[:4] == b"\x89PNG"  # an image's first bytes, and then no image
+        raise BadSample(source, member, f"undecodable or truncated {' or '.join(formats)}" if broken else
+                        f"not a {' or '.join(formats)} image") from None
     except Exception as e:  # PIL raises many kinds for broken or truncated files
         raise BadSample(source, member, f"undecodable or truncated {' or '.join(formats)} ({e})") from None
 

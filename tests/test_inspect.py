@@ -34,7 +34,7 @@ def test_every_kind_of_problem_is_reported_naming_zip_and_member(tmp_path, capsy
         root / "batch1_images.zip",
         {
             "fg_bg_jpg/fg_bg_1_1_0_1.jpg": good[: len(good) // 2],  # truncated
-            "mask_black_jpg/bg_mask_2_1_0_1.jpg": b"not a jpeg at all",  # undecodable
+            "mask_black_jpg/bg_mask_2_1_0_1.jpg": b"not a jpeg at all",  # no image at all
             "depth_fg_bg_jpg/depth_fg_bg_3_1_0_1.jpg": jpeg(np.zeros((20, 20), np.uint8)),  # wrong size
             "bg_jpg/bg_img_2.jpg": jpeg(np.zeros((40, 32, 3), np.uint8)),  # wrong size
             "mask_black_jpg/bg_mask_1_2_1_1.jpg": None,  # missing partner
@@ -46,7 +46,7 @@ def test_every_kind_of_problem_is_reported_naming_zip_and_member(tmp_path, capsy
     got = {(p["source"], p["member"]): p["what"] for p in r["problems"]}
     src = "batch1_images.zip"
     assert "truncated" in got[(src, "fg_bg_jpg/fg_bg_1_1_0_1.jpg")]
-    assert "undecodable" in got[(src, "mask_black_jpg/bg_mask_2_1_0_1.jpg")]
+    assert got[(src, "mask_black_jpg/bg_mask_2_1_0_1.jpg")] == "not a JPEG image"
     assert got[(src, "depth_fg_bg_jpg/depth_fg_bg_3_1_0_1.jpg")] == "wrong size 20x20 (expected 16x16 like the other depth images)"
     assert got[(src, "bg_jpg/bg_img_2.jpg")].startswith("wrong size 32x40 (expected 32x32")
     assert "missing partner file mask_black_jpg/bg_mask_1_2_1_1.jpg" in got[(src, "fg_bg_jpg/fg_bg_1_2_1_1.jpg")]

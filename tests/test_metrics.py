@@ -3,7 +3,7 @@ import torch
 
 from fgbg.losses import PARTS, MaskDepthLoss, depth_ssim, depth_ssim_loss, lovasz_hinge_loss, soft_dice_loss
 from fgbg.metrics import SetMetrics, per_image, threshold_iou, threshold_mask
-from fgbg.pictures import _LABEL, _TITLE, COLUMNS, result_grid
+from fgbg.pictures import COLUMNS, LABEL_PX, TITLE_PX, result_grid
 
 
 def _logits(mask):
@@ -39,10 +39,10 @@ def test_a_result_grid_titles_its_columns_and_gives_each_rows_iou():
     logits = _logits(torch.stack([true[0], torch.zeros_like(true[0])]))  # row 1: perfect; row 2: nothing found
     images, depth = torch.full((2, 3, 32, 32), 0.5), torch.full((2, 1, 16, 16), 0.5)
     grid = result_grid({"bg": images, "fg_bg": images, "mask": true, "depth": depth}, logits, depth)
-    assert grid.shape == (_TITLE + 2 * 128, _LABEL + len(COLUMNS) * 128, 3)
-    titles = grid[:_TITLE, _LABEL:].min(axis=2).reshape(_TITLE, len(COLUMNS), 128)
+    assert grid.shape == (TITLE_PX + 2 * 128, LABEL_PX + len(COLUMNS) * 128, 3)
+    titles = grid[:TITLE_PX, LABEL_PX:].min(axis=2).reshape(TITLE_PX, len(COLUMNS), 128)
     assert (titles < 128).any(axis=(0, 2)).all()  # dark text over every column
-    first, second = (grid[_TITLE + 128 * r : _TITLE + 128 * (r + 1), :_LABEL] for r in (0, 1))
+    first, second = (grid[TITLE_PX + 128 * r : TITLE_PX + 128 * (r + 1), :LABEL_PX] for r in (0, 1))
     assert (first < 128).any() and (second < 128).any() and (first != second).any()  # "IoU 1.000" and "IoU 0.000"
 
 

@@ -19,7 +19,7 @@ from fgbg import predict as predict_module
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
-from fgbg.pictures import _LABEL, _TITLE
+from fgbg.pictures import LABEL_PX, TITLE_PX
 from fgbg.predict import dataset_rows, pair_rows, predict
 from fgbg.synth import SynthSpec, write_dataset
 
@@ -62,7 +62,7 @@ def test_a_dataset_gets_every_file_and_a_table_whose_iou_matches_one_done_by_han
         assert row["iou"] == pytest.approx((pred & true).sum() / union if union else 1.0, abs=1e-12)
         assert row["fg_area"] == pytest.approx(pred.mean(), abs=1e-12) and 0 <= row["ssim"] <= 1 and row["rmse"] >= 0
     assert r["iou"] == pytest.approx(np.mean([row["iou"] for row in table]))
-    assert Image.open(r["worst"]).size == (_LABEL + 6 * 128, _TITLE + 16 * 128)  # the titles, then 16 rows of 6 128-pixel tiles
+    assert Image.open(r["worst"]).size == (LABEL_PX + 6 * 128, TITLE_PX + 16 * 128)  # the titles, then 16 rows of 6 128-pixel tiles
 
 
 def test_flip_predicts_the_mean_over_each_pair_and_its_mirror_and_is_not_mixed_into_a_job_without_it(checkpoint, synth_data, tmp_path):
@@ -111,7 +111,7 @@ def test_a_bad_image_is_skipped_and_counted_with_on_bad_skip(checkpoint, tmp_pat
     assert (r["predicted"], r["skipped"], r["samples"]) == (11, 1, 12)
     table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
     (bad,) = [row for row in table if row["error"]]
-    assert bad["name"] == rows["name"][3].as_py() and "undecodable or truncated JPEG" in bad["error"] and not bad["mask_file"]
+    assert bad["name"] == rows["name"][3].as_py() and "not a JPEG or PNG image" in bad["error"] and not bad["mask_file"]
     assert not (tmp_path / "out" / "masks" / f"{bad['name']}.png").exists()
 
 

@@ -39,7 +39,8 @@ def test_resizes_to_the_configured_size(tmp_path):
     [
         (b"\xff\xd8\xff\xe0 garbage", "undecodable or truncated JPEG"),
         ("truncate", "undecodable or truncated JPEG"),
-        (b"\x89PNG\r\n\x1a\n", "not a JPEG image"),  # a PNG's header alone: no image PIL can identify
+        (b"\x89PNG\r\n\x1a\n", "undecodable or truncated JPEG"),
+        (b"not an image at all", "not a JPEG image"),
     ],
 )
 def test_bad_file_raises_naming_zip_and_member_or_is_skipped(tmp_path, damage, what):

@@ -19,6 +19,7 @@ from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
 from fgbg.ingest import load_tables
+from fgbg.pictures import LABEL_PX
 from fgbg.report import read_history
 from fgbg.synth import SynthSpec, write_dataset
 from fgbg.train import fit, make_trainer
@@ -92,7 +93,7 @@ def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
     for key in ("iou", "iou_flat", "ssim", "rmse", "delta1", "baseline_iou"):
         assert 0 <= r[key] <= 1 or key == "rmse"
     grid = Image.open(tmp_path / "ev" / "results.png")
-    assert grid.size[0] == 6 * 128  # six columns: bg, fg_bg, mask, predicted mask, depth, predicted depth
+    assert grid.size[0] == LABEL_PX + 6 * 128  # each row's IoU, then six columns: bg, fg_bg, mask, predicted mask, depth, predicted depth
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["samples"] == 12
     assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--split", "all", "--json", "--out", str(tmp_path / "ev")]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 24
