@@ -7,6 +7,7 @@ every Ray on the machine). Jobs reach the head through the Job Submission API, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -50,6 +52,31 @@ def listeners(*pids: int) -> set[tuple[str, int, str]]:
                 name = "?"
             found.add((c.laddr.ip, c.laddr.port, name))
     return found
+
+
+@contextlib.contextmanager
+def watching(*pids: int):
+    """A set that fills, while the block runs, with every listener (`listeners`) of these processes' trees."""
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(listeners(*pids))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
+def cluster_pids(ray) -> list[int]:
+    """This process and the processes of the local cluster it started (their children, the workers, come with them)."""
+    node = ray._private.worker._global_node
+    return [os.getpid(), *(info.process.pid for infos in node.all_processes.values() for info in infos)]
 
 
 def beyond_loopback(found: set[tuple[str, int, str]]) -> set[tuple[str, int, str]]:

@@ -22,7 +22,7 @@ from fgbg.optim import Schedule, build_optimizer
 from fgbg.runlock import LOCK, RunLock
 from fgbg.train import fit
 
-from loopback import beyond_loopback, listeners
+from loopback import beyond_loopback, cluster_pids, listeners
 
 SMALL = dict(size=32, width=0.25)
 
@@ -206,30 +206,14 @@ def test_a_disk_that_fills_ends_the_run_and_keeps_its_last_good_checkpoint(ray_c
     assert result["metrics"]["epoch"] == 2 and checkpoints.find(str(small_disk / "r"))[-1][1]["epoch"] == 2
 
 
-def test_a_local_cluster_listens_on_loopback_only_and_refuses_a_client_with_another_token(ray_cluster, synth_data, tmp_path):
-    import threading
-
+def test_a_local_cluster_listens_on_loopback_only_and_refuses_a_client_with_another_token(ray_cluster, tmp_path):
+    """The session's cluster, started as fgbg starts one: no listener beyond loopback (while training too:
+    test_train.py::test_a_local_run_listens_on_loopback_only), and a client with another token is refused."""
     node = ray_cluster._private.worker._global_node
-    pids = [os.getpid(), *(info.process.pid for infos in node.all_processes.values() for info in infos)]
-    seen, done = set(), threading.Event()
-
-    def watch():  # every listener of the cluster's processes (workers included) while a 2-worker run trains
-        while not done.is_set():
-            seen.update(listeners(*pids))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        fit(Config(data=str(synth_data), out=str(tmp_path), name="l", epochs=1, workers=2, batch_size=8, test_samples=8, **SMALL))
-    finally:
-        done.set()
-        watcher.join()
+    seen = listeners(*cluster_pids(ray_cluster))
     dashboard = int(node.address_info["webui_url"].rsplit(":", 1)[1])
     gcs = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
-    assert {port for _, port, _ in seen} >= {dashboard, gcs}
-    assert any(name.startswith("ray::RayTrainWorker") for *_, name in seen)  # the training workers' own sockets were watched too
-    assert beyond_loopback(seen) == set()  # no Ray server, worker or rendezvous store reachable from the network
+    assert {port for _, port, _ in seen} >= {dashboard, gcs} and beyond_loopback(seen) == set()
     # … and on loopback, a client (another user of this machine) with another token is refused by the GCS
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
     env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=secrets.token_hex(32))

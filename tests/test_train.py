@@ -24,7 +24,7 @@ from fgbg.report import read_history
 from fgbg.synth import SynthSpec, write_dataset
 from fgbg.train import fit, make_trainer
 
-from loopback import beyond_loopback, listeners, registered_epoch
+from loopback import beyond_loopback, cluster_pids, listeners, registered_epoch, watching
 from original import rewrite_zip, write_original
 
 TINY = dict(size=32, width=0.25, batch_size=8, log_every=1, lr=3e-3)
@@ -35,11 +35,13 @@ def two_worker_run(ray_cluster, synth_data, tmp_path_factory):
     """2 workers × 2 epochs; the test split cut to 23 samples, which does not split evenly."""
     out = tmp_path_factory.mktemp("runs")
     cfg = Config(data=str(synth_data), out=str(out), name="dp", epochs=2, workers=2, test_samples=23, **TINY)
-    return fit(cfg), cfg
+    with watching(*cluster_pids(ray_cluster)) as seen:  # every listener of the session's cluster while the run trains
+        result = fit(cfg)
+    return result, cfg, seen
 
 
 def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(two_worker_run):
-    result, cfg = two_worker_run
+    result, cfg, _ = two_worker_run
     m = result["metrics"]
     assert m["epoch"] == 2
     assert m["test_samples"] == 23  # every test sample once: padding evened the shards, then was dropped
@@ -62,8 +64,16 @@ def test_data_parallel_run_reports_all_reduced_metrics_and_writes_its_directory(
     assert not any(k.startswith("startup_") for k in second)
 
 
+def test_a_local_run_listens_on_loopback_only(two_worker_run):
+    """The session's cluster is started as fgbg starts one (tests/conftest.py): Ray's servers, its workers, and the
+    training group's own sockets (gloo; the rendezvous is a file) all on loopback, none reachable from the network."""
+    *_, seen = two_worker_run
+    assert any(name.startswith("ray::RayTrainWorker") for *_, name in seen)  # the training workers' sockets were watched
+    assert {ip for ip, *_ in seen} and beyond_loopback(seen) == set()
+
+
 def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
-    _, cfg = two_worker_run
+    _, cfg, _ = two_worker_run
     cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3, "lr": 1e-3})  # harmless changes: allowed, and recorded
     result = fit(cfg)
     out, err = capsys.readouterr()
@@ -85,7 +95,7 @@ def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
 
 
 def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
-    result, _ = two_worker_run
+    result, _, _ = two_worker_run
     other = write_original(tmp_path / "other", batches=2, size=48, depth_size=24)  # another program, other sizes
     assert main(["evaluate", "--checkpoint", result["run_dir"], "--data", str(other), "--json", "--out", str(tmp_path / "ev")]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -103,7 +113,7 @@ def test_evaluate_any_dataset_in_the_layout(two_worker_run, tmp_path, capsys):
 
 
 def test_predict_with_a_trained_run_writes_the_mask_and_depth_of_a_pair_at_its_size(two_worker_run, tmp_path):
-    result, _ = two_worker_run
+    result, _, _ = two_worker_run
     fg_bg = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     fg_bg.save(tmp_path / "pair.jpg")
     Image.new("RGB", (70, 50), (90, 120, 30)).save(tmp_path / "bg.jpg")
