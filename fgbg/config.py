@@ -26,8 +26,8 @@ LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "
 _AT_LEAST_0, _AT_LEAST_1, _ABOVE_0 = (lambda v: v >= 0, "≥ 0"), (lambda v: v >= 1, "≥ 1"), (lambda v: v > 0, "> 0")
 RANGES = {
     **dict.fromkeys(("w_mask", "w_dice", "w_lovasz", "w_depth", "w_depth_l1", "weight_decay", "warmup_epochs", "lr_patience", "workers"), _AT_LEAST_0),
-    **dict.fromkeys(("epochs", "batch_size", "log_every", "profile_steps", "train_samples", "test_samples", "widths", "test_batches"),
-                    _AT_LEAST_1),
+    **dict.fromkeys(("epochs", "batch_size", "log_every", "profile_steps", "train_samples", "test_samples", "widths", "test_batches",
+                     "samples_per_epoch"), _AT_LEAST_1),
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
     "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
     "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
@@ -120,6 +120,8 @@ class Config:
     size_schedule: dict | None = None  # progressive resizing, {first epoch: size}: e.g. {1: 64, 13: 96} with size 96 trains epochs 1-12 at 64
     on_bad: str = "error"  # "skip": drop bad samples and count them in the epoch's metrics
     train_samples: int | None = None  # use only the first N training samples (quick runs)
+    samples_per_epoch: int | None = None  # an epoch of this many samples drawn from the whole training split, a new draw each
+    # epoch: a pass over the split spread over several epochs, each pass in a new order (fgbg.ingest.drawn_dataset)
     test_samples: int | None = None  # use only the first N test samples
     cache: str = ""  # folder or s3:// URI of decoded samples: JPEGs decoded once, read by later epochs and runs (fgbg/cache.py)
     # model
@@ -222,6 +224,16 @@ class Config:
         if not self.size_schedule:
             return self.size
         return self.size_schedule[max(e for e in self.size_schedule if e <= epoch)]
+
+    @property
+    def global_batch(self) -> int:
+        """Samples one step takes over all workers: batch_size split evenly over them (a remainder is not used)."""
+        world = max(self.workers, 1)
+        return max(1, self.batch_size // world) * world
+
+    def epoch_samples(self, train_rows: int) -> int:
+        """Samples an epoch trains on: samples_per_epoch (else all the split's rows), in whole global batches."""
+        return max(self.global_batch, (self.samples_per_epoch or train_rows) // self.global_batch * self.global_batch)
 
     @property
     def run_dir(self) -> str:

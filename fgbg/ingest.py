@@ -16,17 +16,27 @@ import ray
 from .cache import cached_dataset, manifest_blocks
 from .config import Config
 from .errors import FgbgError
+from .layout import Draws
 from .reader import PAD, IngestConfig, decode_batch
 
+_TABLES: dict[str, pa.Table] = {}  # manifest tables put in the object store, once per process (`drawn_rows`)
 
-def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False) -> ray.data.Dataset:
+
+def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False, draws: Draws | None = None) -> ray.data.Dataset:
     """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths).
 
-    With `shuffle`, the manifest is shuffled anew each time the dataset is iterated (training).
+    With `shuffle`, the manifest is shuffled anew each time the dataset is iterated (training); with `draws`, the
+    dataset is those draws from the table's rows, in their order (samples_per_epoch: the run's epochs one after another).
     """
-    ds = manifest_blocks(table, config)
-    if shuffle:
-        ds = ds.random_shuffle()
+    if draws is None:
+        ds = manifest_blocks(table, config)
+        if shuffle:
+            ds = ds.random_shuffle()
+    else:  # a block number per row, made manifest rows where it is decoded: the run's draws are never all in memory
+        blocks = max(1, -(-draws.count // config.block_rows))
+        ds = ray.data.range(blocks, override_num_blocks=min(blocks, 1000)).map_batches(
+            drawn_rows, batch_size=1, batch_format="numpy", fn_kwargs={"rows": ray.put(table), "draws": draws, "block": config.block_rows})
+        ds.context.op_resource_reservation_enabled = False  # as in manifest_blocks
     return ds.map_batches(
         decode_batch,
         batch_size=config.block_rows,
@@ -35,12 +45,24 @@ def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffl
     )
 
 
-def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", shuffle: bool = False) -> ray.data.Dataset:
+def drawn_rows(batch: dict, rows: ray.ObjectRef, draws: Draws, block: int) -> pa.Table:
+    """The manifest rows of one block of draws (batch: the block's number); the table is fetched once per process."""
+    key = rows.hex()
+    if key not in _TABLES:
+        _TABLES.clear()
+        _TABLES[key] = ray.get(rows)
+    table = _TABLES[key]
+    first = draws.start + int(batch["id"][0]) * block
+    return table.take(Draws(draws.seed, first, min(block, draws.start + draws.count - first)).indices(table.num_rows))
+
+
+def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", shuffle: bool = False,
+                    draws: Draws | None = None) -> ray.data.Dataset:
     """The one way fgbg builds a dataset of decoded samples: from the decoded cache when one is given
     (fgbg.cache, which decodes the split first if need be), else decoding the JPEGs as it is read."""
     if cache:
-        return cached_dataset(table, config, cache, shuffle)
-    return build_dataset(table, config, shuffle)
+        return cached_dataset(table, config, cache, shuffle, draws=draws)
+    return build_dataset(table, config, shuffle, draws)
 
 
 def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
@@ -75,8 +97,11 @@ def load_tables(cfg: Config) -> dict:
     return {"train": manifest.with_paths(train), "test": manifest.with_paths(test)}
 
 
-def make_datasets(cfg: Config, tables: dict) -> dict:
-    """The run's Ray Datasets: training shuffled each epoch; test padded so every worker gets an equal shard."""
+def make_datasets(cfg: Config, tables: dict, drawn_from: int = 0, epochs: int | None = None) -> dict:
+    """The run's Ray Datasets: training shuffled each epoch, or with samples_per_epoch the draws of the run's remaining
+    `epochs` from `drawn_from` on, one epoch after another; test padded so every worker gets an equal shard."""
     ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
-    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, shuffle=True),
+    epochs = cfg.epochs if epochs is None else epochs
+    draws = Draws(cfg.seed, drawn_from, max(1, epochs) * cfg.epoch_samples(tables["train"].num_rows)) if cfg.samples_per_epoch else None
+    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, shuffle=True, draws=draws),
             "test": samples_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, cfg.cache)}

@@ -19,7 +19,9 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -198,6 +200,25 @@ class Manifest:
         table = self.table if table is None else table
         sources = [storage.join(self.root, s) for s in table.column("source").to_pylist()]
         return table.set_column(table.schema.get_field_index("source"), "source", pa.array(sources, pa.string()))
+
+
+class Draws(NamedTuple):
+    """Draws start … start+count−1 from a split, taken pass after pass: each pass takes every sample once, in an
+    order of its own (seeded by seed and the pass's number). Epochs of samples_per_epoch draws each thus spread a pass
+    over several epochs, and an epoch that starts where the last one stopped continues the pass (a resume too)."""
+
+    seed: int
+    start: int
+    count: int
+
+    def indices(self, n: int) -> np.ndarray:
+        """The draws as row indices into a split of n samples."""
+        position = np.arange(self.start, self.start + self.count, dtype=np.int64)
+        out = np.empty(self.count, np.int64)
+        for p in np.unique(position // n):
+            here = position // n == p
+            out[here] = np.random.default_rng([self.seed, int(p)]).permutation(n)[position[here] % n]
+        return out
 
 
 def split_table(table: pa.Table, test_batches: list[int] | None = None) -> dict[str, pa.Table]:

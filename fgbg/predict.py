@@ -38,6 +38,7 @@ from .errors import BadSample, FgbgError, find_bad_sample
 from .metrics import per_image
 from .model import infer
 from .pictures import png_bytes, result_grid
+from .progress import Meter
 from .reader import decode_image, read_member
 from .step import amp_dtype
 
@@ -259,8 +260,6 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     process without Ray; otherwise Ray Data decodes in tasks and predicts on an actor pool (default: one actor per GPU
     with gpu, else per CPU but one, which decoding keeps). flip: each pair's outputs are the mean over it and its mirror
     (fgbg.model.infer), at twice the compute."""
-    from tqdm import tqdm
-
     if on_bad not in ("error", "skip"):
         raise FgbgError(f"--on-bad must be error or skip, not {on_bad!r}")
     if batch_size < 1:
@@ -278,18 +277,12 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
 
         connect(address, num_cpus=max(os.cpu_count() or 1, (concurrency or 0) + 1), verbose=verbose)
     with native_stderr_in_ray_logs(verbose):
-        bar = tqdm(total=todo.num_rows, unit="sample", desc="predict", disable=None)  # a bar on a terminal only
-        last_line, first = start, 0.0
+        meter, first = Meter(todo.num_rows, "predict"), 0.0
         try:
             for table in _results(checkpoint, model, cfg.size, todo, out, batch_size, concurrency, gpu, on_bad, raw, address, flip):
                 first = first or time.perf_counter() - start  # the start-up: Ray, actors, the model
                 parts.add(table)
-                bar.update(table.num_rows)
-                if bar.disable and time.perf_counter() - last_line > 30:  # in a job's log: a line every 30 s
-                    last_line = time.perf_counter()
-                    rate = parts.samples / (last_line - start)
-                    print(f"predict: {parts.samples}/{todo.num_rows} samples, {rate:.1f} samples/s, "
-                          f"{(todo.num_rows - parts.samples) / max(rate, 1e-9):.0f} s left", file=sys.stderr, flush=True)
+                meter.update(table.num_rows)
         except Exception as e:
             bad = find_bad_sample(e)
             if bad is None:
@@ -297,7 +290,7 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
             advice = "run `fgbg inspect`, or predict with --on-bad skip" if pc.any(pc.not_equal(rows["source"], "")).as_py() else "--on-bad skip skips it"
             raise FgbgError(f"{bad} ({advice})") from None
         finally:
-            bar.close()
+            meter.close()
     seconds = time.perf_counter() - start
     table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(_part_path(out, p))))
                               for p in sorted(set(rows["part"].to_pylist()))])

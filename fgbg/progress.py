@@ -113,6 +113,42 @@ def startup_parts(marks: dict) -> dict[str, float]:
     return parts
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 45 s, 3 min 20 s, 2 h 05 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Meter:
+    """Progress of a long count on the driver: a bar on a terminal; in a job's log (no terminal), a line every
+    `every` seconds with the count, the rate and the time left."""
+
+    def __init__(self, total: int, what: str, unit: str = "sample", every: float = 30.0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=what, unit=unit, disable=None)
+        self.total, self.what, self.unit, self.every = total, what, unit, every
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.bar.disable and now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"{self.what}: {self.done}/{self.total} {self.unit}s, {rate:.1f}/s, {duration((self.total - self.done) / max(rate, 1e-9))} left",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class EpochLog:
     """What a worker tells people: progress lines and bar, TensorBoard, the run's history. Rank 0 only; others stay quiet.
 
@@ -125,7 +161,8 @@ class EpochLog:
         self.progress = Progress(queue) if rank == 0 else None
         self.writer = self.local_events = None
         self.tensorboard = storage.join(cfg.run_dir, "tensorboard")
-        self.t_epoch = time.perf_counter()
+        self.t_epoch = self.t_run = time.perf_counter()
+        self.epochs_here, self.warned_data = 0, False  # epochs this process trained (for the time left); the data warning, once
         self.global_step = global_step  # TensorBoard's step axis, continued on resume
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -180,9 +217,19 @@ class EpochLog:
         if self.local_events != self.tensorboard:
             storage.upload_dir(self.local_events, self.tensorboard)
         m = metrics
+        self.epochs_here += 1
+        left = (time.perf_counter() - self.t_run) / self.epochs_here * (self.cfg.epochs - m["epoch"])
         self.say(f"epoch {m['epoch']}/{self.cfg.epochs} done: train loss {m.get('train_loss', float('nan')):.4f} | test loss {m['loss']:.4f} "
                  f"IoU {m['iou']:.3f} SSIM {m['ssim']:.3f} RMSE {m['rmse']:.3f} | {m['samples_per_s']:.1f} samples/s"
-                 + (f" | skipped {m['skipped']} bad samples" if m["skipped"] else ""))
+                 + (f" | skipped {m['skipped']} bad samples" if m["skipped"] else "") + (f" | about {duration(left)} left" if left else ""))
+        waited = m["time_data"] - m.get("time_first_batch", 0.0)  # (the first batch: the pipeline starting, in every epoch)
+        total = m["time_compute"] + m["time_data"] + m["time_other"]
+        if not self.warned_data and waited > 0.1 * total:
+            self.warned_data = True
+            self.say(f"fgbg: epoch {m['epoch']} waited for data {waited / total:.0%} of its time: decoding does not keep up with the "
+                     "training step. --cache DIR decodes once and reads about twice as fast; or give Ray Data more CPUs (more or "
+                     "larger nodes, or --set cpus_per_worker=N leaves the extra to decoding on a fixed cluster: docs/benchmarks.md, "
+                     "\"Sizing a cluster\")")
 
     def close(self, profile_summary: str | None = None) -> None:
         if profile_summary:

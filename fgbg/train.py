@@ -10,6 +10,7 @@ run name picks up its last checkpoint.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def train_func_per_worker(loop_config: dict) -> None:
     core = getattr(model, "module", model)
     startup.mark("model")
     per_worker = max(1, cfg.batch_size // world)
-    steps_per_epoch = max(1, loop_config["train_samples"] // (per_worker * world))
+    steps_per_epoch = max(1, loop_config["train_samples"] // (per_worker * world))  # (train_samples: Config.epoch_samples)
     optimizer = build_optimizer(cfg, model.parameters())
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
     loss_fn = MaskDepthLoss.from_config(cfg)
@@ -72,6 +73,13 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     # [3] this worker's shards of the run's Ray Datasets
     train_shard, test_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("test")
+    pin = device.type == "cuda"
+    drawn = start.metrics.get("samples_drawn", 0) if start.epoch else 0
+    if cfg.samples_per_epoch:  # the dataset is the run's draws, epoch after epoch: one iterator, each epoch takes its steps
+        draws = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=pin))
+        # a worker group restarted after the dataset was made resumes later in it: its first draws were trained on
+        for _ in range(max(0, drawn - loop_config.get("drawn_from", 0)) // (per_worker * world)):
+            next(draws, None)
     # training augmentation's random numbers, on the device; a resumed run does not replay the first epochs' draws
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + rank * 1009 + start.epoch)
     profiler = RunProfiler(cfg.profile, core, cfg.run_dir, rank, device, cfg.profile_steps)
@@ -83,7 +91,8 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     for epoch in range(start.epoch, cfg.epochs):
         t_epoch = time.perf_counter()
-        batches = train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda")
+        batches = (itertools.islice(draws, steps_per_epoch) if cfg.samples_per_epoch else
+                   train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=pin))
         stats = train_epoch(train_step, schedule, batches, functools.partial(prepare, size=cfg.size_at(epoch + 1)),
                             on_step=lambda i, parts, epoch=epoch: (profiler.step(), out.step(epoch + 1, i, parts)))
         step += stats.steps
@@ -94,7 +103,8 @@ def train_func_per_worker(loop_config: dict) -> None:
         times = {**stats.times(), "time_epoch": time.perf_counter() - t_epoch}
         metrics = epoch_metrics(epoch + 1, SetMetrics.compute(test_sums), train_sums.tolist(), times,
                                 lr=optimizer.param_groups[0]["lr"], objective=cfg.objective, best_iou=best_iou)
-        metrics.update(params=sum(p.numel() for p in core.parameters()), **(startup.parts() if epoch == 0 else {}))
+        drawn += loop_config["train_samples"]  # where the next epoch's draws start (with samples_per_epoch: in the passes)
+        metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn, **(startup.parts() if epoch == 0 else {}))
         best_iou = metrics["best_iou"]
         schedule.after_epoch(metrics["loss"])
         out.epoch(metrics)
@@ -168,6 +178,7 @@ class EpochStats:
     steps: int = 0
     parts: dict = field(default_factory=dict)  # loss part → sum over samples, a 0-d tensor on the device
     time_data: float = 0.0  # waiting for the next batch
+    time_first_batch: float = 0.0  # of which waiting for the first (the pipeline starting)
     time_compute: float = 0.0  # the steps (on a GPU: the host's time issuing them; it stalls once the device's queue is full)
     time_train: float = 0.0  # the whole pass
 
@@ -177,7 +188,8 @@ class EpochStats:
         return torch.stack([zero + self.seen, zero + self.skipped, *[self.parts.get(k, zero) for k in PARTS]])
 
     def times(self) -> dict[str, float]:
-        return {"time_compute": self.time_compute, "time_data": self.time_data, "time_train": self.time_train}
+        return {"time_compute": self.time_compute, "time_data": self.time_data, "time_train": self.time_train,
+                "time_first_batch": self.time_first_batch}
 
 
 def train_epoch(train_step: TrainStep, schedule: Schedule, batches, prepare, on_step) -> EpochStats:
@@ -191,6 +203,7 @@ def train_epoch(train_step: TrainStep, schedule: Schedule, batches, prepare, on_
         stats.skipped += n_bad
         t0 = time.perf_counter()
         stats.time_data += t0 - t_wait
+        stats.time_first_batch = stats.time_first_batch or t0 - t_epoch
         n = len(batch["fg_bg"])
         if n:
             parts = train_step(prepare(batch))
@@ -229,6 +242,7 @@ def epoch_metrics(epoch: int, test: dict, train_sums: list[float], times: dict, 
         "lr": lr,
         "time_compute": times["time_compute"],
         "time_data": times["time_data"],
+        "time_first_batch": times.get("time_first_batch", 0.0),
         "time_other": times["time_epoch"] - times["time_compute"] - times["time_data"],  # evaluation, all-reduce, …
     }
     metrics["objective"] = sum(w * metrics[k] for k, w in objective.items())
@@ -247,11 +261,14 @@ def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, start
     from .ingest import make_datasets
     from .rendezvous import OneMachineConfig
 
-    datasets = make_datasets(cfg, tables)
+    last = checkpoints.find(cfg.run_dir)  # a resumed run's draws start where its last epoch's stopped
+    done, drawn_from = (last[-1][1]["epoch"], last[-1][1].get("samples_drawn", 0)) if last else (0, 0)
+    datasets = make_datasets(cfg, tables, drawn_from, epochs=cfg.epochs - done)
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "train_samples": tables["train"].num_rows, "progress": progress,
+        train_loop_config={"config": cfg.to_dict(), "train_samples": cfg.epoch_samples(tables["train"].num_rows), "drawn_from": drawn_from,
+                           "progress": progress,
                            "startup": {**(startup or {}), "submitted": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
                                                  placement_strategy=cfg.placement_strategy),

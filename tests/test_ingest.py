@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from fgbg.batch import drop_bad
+from fgbg.cache import cache_key, cached_dataset
 from fgbg.ingest import IngestConfig, build_dataset, samples_dataset
-from fgbg.layout import load_manifest
+from fgbg.layout import Draws, load_manifest
 from fgbg.reader import decode_batch
 
 from original import rewrite_zip, write_original
@@ -19,10 +20,14 @@ def _plain(table, size):
     return decode_batch(rows, size=size)
 
 
+def _content_keys(batch) -> list[float]:
+    """Each sample's key by its content, since Ray Data may reorder samples."""
+    return np.round(batch["fg_bg"].sum(axis=(1, 2, 3)) * 1000 + batch["depth"].sum(axis=(1, 2, 3)), 1).tolist()
+
+
 def _by_content(batch):
-    """Samples keyed by their content, since Ray Data may reorder them."""
-    keys = np.round(batch["fg_bg"].sum(axis=(1, 2, 3)) * 1000 + batch["depth"].sum(axis=(1, 2, 3)), 1)
-    return {float(k): i for i, k in enumerate(keys)}
+    """Samples keyed by their content: key → index."""
+    return {k: i for i, k in enumerate(_content_keys(batch))}
 
 
 def test_ray_data_yields_the_same_samples_as_the_plain_reader(ray_cluster, synth_data):
@@ -82,8 +87,22 @@ def test_bad_file_fails_the_pipeline_naming_it_or_is_skipped_and_counted(ray_clu
     assert (kept, skipped) == (11, 1)
 
 
+def test_draws_are_decoded_in_their_order_from_the_jpegs_and_counted_in_shards_from_the_cache(ray_cluster, synth_data, tmp_path):
+    from collections import Counter
+
+    m = load_manifest(synth_data)
+    table = m.with_paths(m.split()["train"])
+    config = IngestConfig(size=32, rows_per_block=4)
+    draws = Draws(seed=5, start=20, count=30)  # the end of the first pass over 24 samples, then most of the second
+    got = {k: np.concatenate(v) for k, v in _collect(build_dataset(table, config, draws=draws).iter_batches(batch_size=7, batch_format="numpy")).items()}
+    want = _plain(table.take(draws.indices(table.num_rows)), 32)
+    assert len(got["fg_bg"]) == 30 and Counter(_content_keys(got)) == Counter(_content_keys(want))  # the same samples, as often
+    # from the cache: the shards (blocks of 4) that hold draws 20 to 49, a shard's rows shuffled as it is read
+    cached = cached_dataset(table, config, str(tmp_path / "cache"), draws=draws, say=lambda _: None)
+    assert sum(len(b["fg_bg"]) for b in cached.iter_batches(batch_size=None, batch_format="numpy")) == 4 * (-(-50 // 4) - 20 // 4)
+
+
 def test_the_cache_decodes_once_yields_the_same_samples_and_shuffles_every_epoch(ray_cluster, synth_data, tmp_path):
-    from fgbg.cache import cache_key, cached_dataset
 
     m = load_manifest(synth_data)
     table = m.with_paths(m.split()["train"])
@@ -96,10 +115,17 @@ def test_the_cache_decodes_once_yields_the_same_samples_and_shuffles_every_epoch
     g, w = _by_content(first), _by_content(want)
     assert len(first["fg_bg"]) == len(want["fg_bg"]) == 24 and set(g) == set(w)
     for key, i in w.items():
-        for name in ("fg_bg", "bg", "mask", "depth"):
+        for name in ("fg_bg", "bg", "depth"):
             np.testing.assert_array_equal(first[name][g[key]], want[name][i])
-    shards = sorted(root.rglob("*.npz"))
+        # the mask as training reads it (thresholded at 128): one bit a pixel in the cache, 0 or 255 when read
+        np.testing.assert_array_equal(first["mask"][g[key]], (want["mask"][i] >= 128) * np.uint8(255))
+    shards = sorted(root.rglob("shard-*.npz"))
     assert len(messages) == 1 and len(shards) == 5  # 24 rows in blocks of 5
+    # what differs per sample and no more: the backgrounds stored once, beside the shards
+    (backgrounds,) = root.rglob("backgrounds.npy")
+    assert np.load(backgrounds).shape == (len(set(table["bg"].to_pylist())), 32, 32, 3)
+    with np.load(shards[0]) as z:
+        assert set(z.files) == {"fg_bg", "mask", "depth", "bad", "bg_index"} and z["mask"].shape == (5, 32 * 32 // 8)
 
     # a second run on the same data reads the shards: nothing decoded, nothing written; a new order per epoch
     again = cached_dataset(table, config, str(root), shuffle=True, say=messages.append)

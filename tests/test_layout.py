@@ -4,7 +4,7 @@ import zipfile
 import pytest
 
 from fgbg.errors import FgbgError
-from fgbg.layout import MANIFEST_NAME, find_batches, load_manifest
+from fgbg.layout import MANIFEST_NAME, Draws, find_batches, load_manifest
 
 from original import jpeg, rewrite_zip, write_original
 
@@ -113,3 +113,12 @@ def test_explicit_cache_dir(tmp_path):
     assert not (root / MANIFEST_NAME).exists()
     assert len(list((tmp_path / "c").glob("manifest-*.parquet"))) == 1
     assert zipfile.is_zipfile(root / "batch1_images.zip")
+
+
+def test_draws_take_every_sample_once_a_pass_each_pass_in_its_own_order_and_go_on_where_they_stood():
+    run = Draws(seed=3, start=0, count=25).indices(10)
+    first, second = run[:10], run[10:20]
+    assert sorted(first) == sorted(second) == list(range(10)) and list(first) != list(second)
+    assert list(run[20:]) == list(Draws(3, 20, 5).indices(10)) == list(Draws(3, 0, 30).indices(10)[20:25])
+    assert list(Draws(3, 7, 9).indices(10)) == list(run[7:16])  # an epoch that starts where the last stopped: a resume
+    assert list(Draws(4, 0, 10).indices(10)) != list(first)  # another seed, another order

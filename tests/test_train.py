@@ -74,18 +74,21 @@ def test_a_local_run_listens_on_loopback_only(two_worker_run):
 
 def test_same_run_name_resumes_from_its_last_checkpoint(two_worker_run, capsys):
     _, cfg, _ = two_worker_run
-    cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3, "lr": 1e-3})  # harmless changes: allowed, and recorded
+    # harmless changes: allowed, and recorded; epochs of drawn samples from now on, the draws going on after the 48 trained
+    cfg = Config.from_dict({**cfg.to_dict(), "epochs": 3, "lr": 1e-3, "samples_per_epoch": 16})
     result = fit(cfg)
     out, err = capsys.readouterr()
     assert "resuming after epoch 2 of 3" in out
-    assert "resuming after epoch 2 with epochs 2 → 3, lr 0.003 → 0.001" in err
+    assert "resuming after epoch 2 with samples_per_epoch None → 16, epochs 2 → 3, lr 0.003 → 0.001" in err
     assert "epoch 1/3" not in out and "epoch 3/3 done" in out
     assert result["metrics"]["epoch"] == 3
     history = read_history(result["run_dir"])
     assert [m["epoch"] for m in history] == [1, 2, 3]  # the history goes on, no epoch twice
+    assert [(m["train_samples"], m["samples_drawn"]) for m in history] == [(24, 24), (24, 48), (16, 64)]
     assert history[-1]["lr"] == pytest.approx(1e-3 * 0.01)  # the new peak rate, at the cosine's end
     changes = [json.loads(line) for line in Path(result["run_dir"], "changes.jsonl").read_text().splitlines()]
-    assert [(c["after_epoch"], c["changed"]) for c in changes] == [(2, {"epochs": [2, 3], "lr": [0.003, 0.001]})]
+    assert [(c["after_epoch"], c["changed"]) for c in changes] == [(2, {"samples_per_epoch": [None, 16], "epochs": [2, 3], "lr": [0.003, 0.001]})]
+    assert make_trainer(Config.from_dict({**cfg.to_dict(), "epochs": 4}), load_tables(cfg)).train_loop_config["drawn_from"] == 64
     assert "already trained for 3 epochs" in (fit(cfg) and capsys.readouterr().out)
     # a worker group started on a finished run (as Tune restarts a trial killed as it finished) trains
     # nothing and reports its last epoch again
@@ -124,9 +127,13 @@ def test_predict_with_a_trained_run_writes_the_mask_and_depth_of_a_pair_at_its_s
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
-def test_local_mode_trains_in_this_process(ray_cluster, synth_data, tmp_path):
-    result = fit(Config(data=str(synth_data), out=str(tmp_path), name="local", epochs=1, workers=0, **TINY))
-    assert result["metrics"]["epoch"] == 1 and result["metrics"]["test_samples"] == 24
+def test_local_mode_trains_in_this_process_in_epochs_of_samples_drawn_pass_after_pass(ray_cluster, synth_data, tmp_path):
+    cfg = Config(data=str(synth_data), out=str(tmp_path), name="local", epochs=2, workers=0, samples_per_epoch=18, **TINY)
+    result = fit(cfg)
+    assert result["metrics"]["epoch"] == 2 and result["metrics"]["test_samples"] == 24
+    # epochs of 16 samples (18, in whole batches of 8) drawn from the 24 training samples: the second epoch ends a third of
+    # the way into the second pass (a resume goes on from there: test_same_run_name_resumes_from_its_last_checkpoint)
+    assert [(m["train_samples"], m["samples_drawn"]) for m in read_history(result["run_dir"])] == [(16, 16), (16, 32)]
 
 
 def test_bad_sample_stops_training_naming_it_or_is_skipped_and_counted(ray_cluster, tmp_path):
