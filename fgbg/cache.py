@@ -8,8 +8,8 @@ differs per sample and no more: fg_bg, the mask as one bit a pixel (training thr
 anyway), depth, and the number of the sample's background; the split's backgrounds, shared by
 thousands of samples each, are stored once beside the shards (`backgrounds.npy`). About 86 KB a
 sample at 160×160, against 186 KB for the four arrays. The manifest is shuffled before it is cut into
-shards, so each shard is a random draw of the split; a training epoch reads the shards in a new
-order and each shard's rows in a new order. Before writing, the free space is checked; `complete.json`
+shards, so each shard is a random draw of the split; training reads the shards in the order of its draws
+(fgbg.layout.Draws) and each shard's rows in a new order. Before writing, the free space is checked; `complete.json`
 is written last: a killed or failed write (a full disk) is decoded again, and writers racing on one
 key each write their own folder, the last marker naming the one read.
 
@@ -139,7 +139,11 @@ def _check_room(folder: str, need: int) -> None:
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing).free
     if need > free:
-        raise FgbgError(f"--cache {folder}: decoding this split needs about {need / 1e9:.1f} GB there; {free / 1e9:.1f} GB are free")
+        raise FgbgError(f"--cache {folder}: decoding this split needs about {_bytes(need)} there; {_bytes(free)} are free")
+
+
+def _bytes(n: float) -> str:
+    return next(f"{n / scale:.1f} {unit}" for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1, "bytes")) if n >= scale or unit == "bytes")
 
 
 def build(table: pa.Table, config: IngestConfig, folder: str, say=print) -> dict:
@@ -151,7 +155,7 @@ def build(table: pa.Table, config: IngestConfig, folder: str, say=print) -> dict
     need = table.num_rows * sample_bytes(config.size, config.depth_size) + (backgrounds.num_rows * config.size**2 * 3 if shared else
                                                                              table.num_rows * config.size**2 * 3)
     _check_room(folder, need)
-    say(f"decoding {table.num_rows} samples into the cache {folder} (once; later epochs and runs read it), about {need / 1e9:.1f} GB")
+    say(f"decoding {table.num_rows} samples into the cache {folder} (once; later epochs and runs read it): about {_bytes(need)}")
     record = {"format": FORMAT, "rows": table.num_rows, "size": config.size, "backgrounds": None}
     if shared:
         decoded = manifest_blocks(backgrounds, config).map_batches(_decode_backgrounds, batch_size=config.block_rows, batch_format="numpy",
@@ -178,10 +182,10 @@ def build(table: pa.Table, config: IngestConfig, folder: str, say=print) -> dict
     return {**record, "shards": shards}
 
 
-def cached_dataset(table: pa.Table, config: IngestConfig, root: str, shuffle: bool = False, say=print,
-                   draws: Draws | None = None) -> ray.data.Dataset:
-    """The split as decoded shards under `root`, decoding it first if no complete copy is there; with draws, the
-    shards that hold those draws (a shard is a random block of the split: draws are counted in whole shards)."""
+def cached_dataset(table: pa.Table, config: IngestConfig, root: str, say=print, draws: Draws | None = None) -> ray.data.Dataset:
+    """The split as decoded shards under `root`, decoding it first if no complete copy is there; with draws (training),
+    the shards that hold those draws, in their order, each shard's rows shuffled as it is read (a shard is a random
+    block of the split: draws are counted in whole shards)."""
     if not storage.is_uri(root) and sum(1 for n in ray.nodes() if n["Alive"]) > 1:
         say(f"warning: the cache {root} is a local folder on a cluster of several nodes: it must be one they all see (else use s3://)")
     key_dir = storage.join(storage.absolute(root), cache_key(table, config))
@@ -197,8 +201,6 @@ def cached_dataset(table: pa.Table, config: IngestConfig, root: str, shuffle: bo
         shards = [shards[i] for i in Draws(draws.seed, first, -(-(draws.start + draws.count) // config.block_rows) - first).indices(len(shards))]
     ds = ray.data.from_items([{"path": p} for p in shards])
     ds.context.op_resource_reservation_enabled = False  # as for decoding (manifest_blocks)
-    if shuffle and draws is None:
-        ds = ds.random_shuffle()  # the shard list: a few rows, shuffled anew each epoch (draws come in the run's order)
     return ds.map_batches(_read_shard, batch_size=1, batch_format="numpy",
-                          fn_kwargs={"shuffle": shuffle, "backgrounds": record["backgrounds"], "size": config.size})
+                          fn_kwargs={"shuffle": draws is not None, "backgrounds": record["backgrounds"], "size": config.size})
 

@@ -86,7 +86,7 @@ def _predict(args) -> int:
     concurrency = args.concurrency
     if concurrency is None and rows.num_rows == 1 and not args.gpu:
         concurrency = 0  # one pair: no cluster to start
-    r = predict(args.checkpoint, rows, args.out, batch_size=args.batch_size, concurrency=concurrency, gpu=args.gpu,
+    r = predict(args.checkpoint or args.model, rows, args.out, batch_size=args.batch_size, concurrency=concurrency, gpu=args.gpu,
                 on_bad=args.on_bad, raw=args.raw, address=args.address, flip=args.flip, verbose=args.verbose)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -98,6 +98,15 @@ def _predict(args) -> int:
     if "iou" in r:
         print(f"  IoU {r['iou']:.4f}  SSIM {r['ssim']:.4f}  RMSE {r['rmse']:.4f}  (baseline |fg_bg − bg| > 0.1: IoU {r['baseline_iou']:.4f}); "
               f"the 16 worst: {r['worst']}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export
+
+    r = export(args.checkpoint, args.format, args.out)
+    print(f"wrote {r['out']} ({r['format']}{', opset ' + str(r['opset']) if 'opset' in r else ''}, {r['bytes'] / 1e6:.1f} MB) from {r['checkpoint']}: "
+          f"inputs fg_bg and bg, uint8 N×{r['size']}×{r['size']}×3; outputs mask (probability) and depth")
     return 0
 
 
@@ -260,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_evaluate)
 
     p = verbs.add_parser("predict", help="masks and depth maps for a dataset in the layout, or for your own fg_bg and bg images")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint)")
+    engine = p.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--checkpoint", help="a checkpoint folder, or a run directory (its best checkpoint): PyTorch, the default engine")
+    engine.add_argument("--model", metavar="FILE.onnx", help="or an ONNX file `fgbg export` wrote, run by onnxruntime (pip install "
+                        "'fgbg[export]'): the same files and table")
     p.add_argument("--data", help="a dataset in the layout (local or s3://): predict its samples, scored against its truths")
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="with --data: which samples (default all)")
     p.add_argument("--fg-bg", help="or: an image, or a folder of images (local or s3://)")
@@ -278,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(about +0.003 IoU for twice the compute)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     p.set_defaults(run=_predict)
+
+    p = verbs.add_parser("export", help="the trained model as an ONNX file or a PyTorch program, to run without fgbg")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run directory (its best checkpoint, as evaluate picks it)")
+    p.add_argument("--format", required=True, help="onnx (onnxruntime and other ONNX runtimes; pip install 'fgbg[export]') or torch "
+                   "(torch.export's program: torch.export.load(FILE).module())")
+    p.add_argument("--out", required=True, help="the file to write (e.g. model.onnx or model.pt2; local or s3://)")
+    p.set_defaults(run=_export)
 
     p = verbs.add_parser("profile", help="parameters, MACs and measured speed of the model")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of every stage (default 1.0)")

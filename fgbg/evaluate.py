@@ -9,6 +9,7 @@ from . import storage
 from .checkpoints import load_model
 from .errors import FgbgError, find_bad_sample
 from .pictures import png_bytes, result_grid
+from .progress import Meter
 from .report import HISTORY, append_evaluation, write_report
 from .step import default_device
 
@@ -20,8 +21,6 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
 
     Writes metrics.json and results.png (bg, fg_bg, true and predicted mask, true and predicted depth) to out.
     """
-    from tqdm import tqdm
-
     from .cluster import connect, quiet_ray_data
     from .ingest import IngestConfig, samples_dataset
     from .layout import load_manifest
@@ -45,20 +44,32 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
     def keep_grid(batch, mask_logits, depth):
         grid["image"] = result_grid(batch, mask_logits, depth)
 
-    batches = tqdm(ds.iter_torch_batches(batch_size=batch_size), total=-(-table.num_rows // batch_size), desc="evaluate",
-                   unit="batch", disable=None)  # a bar on a terminal only
+    meter, times = Meter(table.num_rows, "evaluate"), {"start": time.perf_counter()}
+
+    def counted(batches):  # the meter, and when the first batch came (the start-up: Ray Data's pipeline)
+        for batch in batches:
+            times.setdefault("first", time.perf_counter())
+            meter.update(len(batch["bad"]))
+            yield batch
+
     try:
-        sums = evaluate_batches(model, batches, device, on_first=keep_grid, flip=flip).sums
+        sums = evaluate_batches(model, counted(ds.iter_torch_batches(batch_size=batch_size)), device, on_first=keep_grid, flip=flip).sums
     except Exception as e:
         bad = find_bad_sample(e)
         if bad is None:
             raise
         raise FgbgError(f"{bad} (run `fgbg inspect`, or evaluate with --on-bad skip)") from None
+    finally:
+        meter.close()
+    end = time.perf_counter()
     metrics = SetMetrics.compute(sums)
     metrics.pop("loss")
     run_dir = ckpt.rsplit("/", 1)[0]  # a checkpoint_* folder's run
     out = storage.absolute(out) if out else storage.join(run_dir, "evaluations", time.strftime(f"%Y%m%d-%H%M%S-{split}"))
+    first = times.get("first", end) - times["start"]
     result = {**metrics, "checkpoint": ckpt, "data": storage.absolute(data), "split": split, "flip": flip, "out": out,
+              "seconds": round(end - times["start"], 2), "first_batch_s": round(first, 2),  # after the first: the steady rate
+              "samples_per_s": round(table.num_rows / max(end - times["start"] - first, 1e-9), 2),
               "pictures": storage.join(out, "results.png"), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     storage.write_bytes(storage.join(out, "metrics.json"), json.dumps(result, indent=2).encode())
     if grid:

@@ -1,7 +1,9 @@
 """Ray Data ingest: a run's manifest tables (`load_tables`) → Ray Datasets decoded in parallel into fixed-shape arrays
 (`make_datasets`), from the JPEGs or from the decoded cache (fgbg.cache).
 
-The manifest (four member paths per sample) is small, so it is what gets shuffled; the images are
+The manifest (four member paths per sample) is small, so it is what gets ordered: a training run's dataset is its
+draws (fgbg.layout.Draws), pass after pass, each pass in an order of its own, one epoch's after another, computed
+block by block where the block is decoded (no shuffle of the whole split, which would grow with it). The images are
 read and decoded to uint8 by `fgbg.reader.decode_batch` in Ray tasks, each worker process keeping
 its zips open and its decoded backgrounds. The result feeds `TorchTrainer(datasets=...)`; in the
 training loop, `fgbg.batch.drop_bad` removes samples skipped under `on_bad="skip"` and counts them, and
@@ -22,16 +24,11 @@ from .reader import PAD, IngestConfig, decode_batch
 _TABLES: dict[str, pa.Table] = {}  # manifest tables put in the object store, once per process (`drawn_rows`)
 
 
-def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), shuffle: bool = False, draws: Draws | None = None) -> ray.data.Dataset:
-    """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths).
-
-    With `shuffle`, the manifest is shuffled anew each time the dataset is iterated (training); with `draws`, the
-    dataset is those draws from the table's rows, in their order (samples_per_epoch: the run's epochs one after another).
-    """
+def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), draws: Draws | None = None) -> ray.data.Dataset:
+    """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths):
+    in the table's order, or with `draws` those draws from its rows, in their order (training: the run's epochs)."""
     if draws is None:
         ds = manifest_blocks(table, config)
-        if shuffle:
-            ds = ds.random_shuffle()
     else:  # a block number per row, made manifest rows where it is decoded: the run's draws are never all in memory
         blocks = max(1, -(-draws.count // config.block_rows))
         ds = ray.data.range(blocks, override_num_blocks=min(blocks, 1000)).map_batches(
@@ -56,13 +53,12 @@ def drawn_rows(batch: dict, rows: ray.ObjectRef, draws: Draws, block: int) -> pa
     return table.take(Draws(draws.seed, first, min(block, draws.start + draws.count - first)).indices(table.num_rows))
 
 
-def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", shuffle: bool = False,
-                    draws: Draws | None = None) -> ray.data.Dataset:
+def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", draws: Draws | None = None) -> ray.data.Dataset:
     """The one way fgbg builds a dataset of decoded samples: from the decoded cache when one is given
     (fgbg.cache, which decodes the split first if need be), else decoding the JPEGs as it is read."""
     if cache:
-        return cached_dataset(table, config, cache, shuffle, draws=draws)
-    return build_dataset(table, config, shuffle, draws)
+        return cached_dataset(table, config, cache, draws=draws)
+    return build_dataset(table, config, draws)
 
 
 def pad_rows(table: pa.Table, multiple: int) -> pa.Table:
@@ -98,10 +94,11 @@ def load_tables(cfg: Config) -> dict:
 
 
 def make_datasets(cfg: Config, tables: dict, drawn_from: int = 0, epochs: int | None = None) -> dict:
-    """The run's Ray Datasets: training shuffled each epoch, or with samples_per_epoch the draws of the run's remaining
-    `epochs` from `drawn_from` on, one epoch after another; test padded so every worker gets an equal shard."""
+    """The run's Ray Datasets: training, the draws of its remaining `epochs` from `drawn_from` on, one epoch after
+    another (an epoch: samples_per_epoch draws, else a pass; Config.epoch_samples); test padded so every worker gets
+    an equal shard."""
     ingest = IngestConfig(size=cfg.size, on_bad=cfg.on_bad)
     epochs = cfg.epochs if epochs is None else epochs
-    draws = Draws(cfg.seed, drawn_from, max(1, epochs) * cfg.epoch_samples(tables["train"].num_rows)) if cfg.samples_per_epoch else None
-    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, shuffle=True, draws=draws),
+    draws = Draws(cfg.seed, drawn_from, max(1, epochs) * cfg.epoch_samples(tables["train"].num_rows))
+    return {"train": samples_dataset(tables["train"], ingest, cfg.cache, draws=draws),
             "test": samples_dataset(pad_rows(tables["test"], max(cfg.workers, 1)), ingest, cfg.cache)}

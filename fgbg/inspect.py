@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -42,7 +43,9 @@ def inspect_dataset(root, decode: bool = True, workers: int | None = None, test_
 
     decode=False checks names and partners only; otherwise every image is decoded.
     """
+    start = time.perf_counter()
     manifest = load_manifest(root)
+    indexed = time.perf_counter()
     table = manifest.table
     problems: list[Problem] = list(manifest.problems)
     batches = {}
@@ -56,11 +59,13 @@ def inspect_dataset(root, decode: bool = True, workers: int | None = None, test_
     split = manifest.split(test_batches) if len(table) else {"train": table, "test": table}
     splits = {name: {"batches": sorted(set(t.column("batch").to_pylist())), "samples": t.num_rows} for name, t in split.items()}
     sizes: dict[str, Counter] = {k: Counter() for k in KINDS}
+    checked = 0
     if decode and len(table):
         by_size: dict[tuple, list] = {}
         # the AWS SDK inside pyarrow does not survive a fork: processes for an object store are spawned
-        start = "spawn" if storage.is_uri(manifest.root) else "fork"
-        for kind, source, member, result in _run_checks(_files_to_check(manifest), workers, progress, start):
+        start_method = "spawn" if storage.is_uri(manifest.root) else "fork"
+        for kind, source, member, result in _run_checks(_files_to_check(manifest), workers, progress, start_method):
+            checked += 1
             if isinstance(result, str):
                 problems.append(Problem(os.path.basename(source), member, result))
                 continue
@@ -76,6 +81,8 @@ def inspect_dataset(root, decode: bool = True, workers: int | None = None, test_
         "splits": splits,
         "sizes": {k: {f"{w}x{h}": n for (w, h), n in sorted(c.items())} for k, c in sizes.items() if c},
         "problems": [{"source": p.source, "member": p.member, "what": p.what} for p in problems],
+        "files_checked": checked,
+        "seconds": {"index": round(indexed - start, 2), "check": round(time.perf_counter() - indexed, 2)},  # (index: or its cache)
     }
 
 
@@ -122,9 +129,9 @@ def _run_checks(files, workers: int | None, progress: bool, start: str = "fork")
     chunks = [files[i : i + chunk] for i in range(0, len(files), chunk)]
     bar = None
     if progress:
-        from tqdm import tqdm
+        from .progress import Meter
 
-        bar = tqdm(total=len(files), unit="file", desc="inspect")
+        bar = Meter(len(files), "inspect", unit="file")
     pool = ProcessPoolExecutor(workers, mp_context=get_context(start)) if workers > 1 and len(chunks) > 1 else None
     try:
         for results in pool.map(_check_chunk, chunks) if pool else map(_check_chunk, chunks):
@@ -147,6 +154,9 @@ def format_inspection(report: dict) -> str:
     lines.append("splits: " + ", ".join(f"{n} {s['samples']} samples (batches {s['batches']})" for n, s in report["splits"].items()))
     if report["sizes"]:
         lines.append("sizes: " + "; ".join(f"{k} " + ", ".join(f"{sz} ×{n}" for sz, n in c.items()) for k, c in report["sizes"].items()))
+    seconds = report.get("seconds", {})
+    if report.get("files_checked"):
+        lines.append(f"checked {report['files_checked']} files in {seconds['check']:.1f} s (the index: {seconds['index']:.1f} s)")
     problems = report["problems"]
     lines.append(f"problems: {len(problems) or 'none'}")
     for p in problems[:200]:

@@ -12,6 +12,7 @@ folders stand at the root or under one top folder:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -217,8 +218,14 @@ class Draws(NamedTuple):
         out = np.empty(self.count, np.int64)
         for p in np.unique(position // n):
             here = position // n == p
-            out[here] = np.random.default_rng([self.seed, int(p)]).permutation(n)[position[here] % n]
+            out[here] = _pass_order(self.seed, int(p), n)[position[here] % n]
         return out
+
+
+@functools.lru_cache(maxsize=2)
+def _pass_order(seed: int, number: int, n: int) -> np.ndarray:
+    """One pass's order of n samples (kept: a pass is drawn in many blocks, in the same process)."""
+    return np.random.default_rng([seed, number]).permutation(n)
 
 
 def split_table(table: pa.Table, test_batches: list[int] | None = None) -> dict[str, pa.Table]:

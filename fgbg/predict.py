@@ -161,6 +161,10 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
+        if model is None and is_onnx(checkpoint):  # the other engine: an exported ONNX file, run by onnxruntime
+            from .export import OnnxModel
+
+            model = OnnxModel(checkpoint, gpu=self.device.type == "cuda", threads=threads)
         self.model = model if model is not None else load_model(checkpoint, self.device)[0]  # (in this process: the driver's)
         self.dtype = amp_dtype(self.device, amp)
         self.out, self.raw, self.flip = out, raw, flip
@@ -170,6 +174,12 @@ class Predictor:
     @torch.no_grad()
     def infer(self, fg_bg: np.ndarray, bg: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 N×H×W×3 pairs at the model's size → mask logits N×1×H×W and depth N×1×h×w (float32, on the CPU)."""
+        if not isinstance(self.model, torch.nn.Module):  # an ONNX file's session; with flip, the mirrored pairs in a second run
+            mask_logits, depth = self.model(fg_bg, bg)
+            if self.flip:
+                mirrored_logits, mirrored_depth = self.model(fg_bg[:, :, ::-1], bg[:, :, ::-1])
+                mask_logits, depth = (mask_logits + mirrored_logits.flip(-1)) / 2, (depth + mirrored_depth.flip(-1)) / 2
+            return mask_logits, depth
         x, b = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0) for a in (fg_bg, bg))
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             mask_logits, depth = infer(self.model, x, b, self.flip)
@@ -202,6 +212,23 @@ class Predictor:
                     if kind != "raw":
                         rows[f"{kind.rstrip('s')}_file"][i] = path
         return {k: np.asarray(v) for k, v in rows.items()} | {"node": np.full(n, self.node)}
+
+
+def is_onnx(path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def load_engine(path, gpu: bool = False):
+    """(model, its config, where it came from): a checkpoint's PyTorch model, or an exported ONNX file's session."""
+    if not is_onnx(path):
+        return load_model(path)
+    from .config import Config
+    from .export import OnnxModel
+
+    onnx = OnnxModel(path)  # (the driver's, for the plain loop and the worst samples' picture: on the CPU)
+    if gpu:
+        onnx.check_gpu()  # here, before the actors start: a missing CUDA provider is one line, not a failed actor
+    return onnx, Config.from_dict(onnx.meta["config"]), storage.absolute(path)
 
 
 def _part_path(out: str, part: int) -> str:
@@ -265,7 +292,7 @@ def predict(checkpoint, rows: pa.Table, out, batch_size: int = 32, concurrency: 
     if batch_size < 1:
         raise FgbgError(f"--batch-size must be at least 1, not {batch_size}")
     out = storage.absolute(out)
-    model, cfg, ckpt = load_model(checkpoint)  # a checkpoint that does not load stops here, named
+    model, cfg, ckpt = load_engine(checkpoint, gpu)  # a checkpoint or ONNX file that does not load stops here, named
     names = hashlib.sha256("\n".join(rows["name"].to_pylist()).encode()).hexdigest()[:16]
     _claim(out, {"checkpoint": ckpt, "samples": rows.num_rows, "names": names, "part_rows": PART_ROWS, "raw": raw,
                 **({"flip": True} if flip else {})})  # (a job written before --flip has no such key)

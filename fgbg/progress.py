@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import storage
 from .config import Config
-from .report import append_history
-from .step import wait_for
+
+if TYPE_CHECKING:  # (torch is imported where training runs: `Meter` serves synth and inspect without it)
+    import torch
 
 
 class Progress:
@@ -178,6 +178,8 @@ class EpochLog:
     def step(self, epoch: int, i: int, parts: dict) -> None:
         """After step i of an epoch; the losses are read from the device only every log_every steps."""
         if self.startup is not None and "first_step" not in self.startup.marks:
+            from .step import wait_for
+
             wait_for(parts["loss"].device)
             self.startup.mark("first_step")
             self.say(self.startup.line())
@@ -210,6 +212,8 @@ class EpochLog:
         """The epoch's line, its TensorBoard scalars and its line in the run's history."""
         if self.rank != 0:
             return
+        from .report import append_history
+
         append_history(self.cfg.run_dir, metrics)
         for k, v in metrics.items():
             self.writer.add_scalar(f"epoch/{k}", v, metrics["epoch"])

@@ -165,9 +165,9 @@ def write_dataset(spec: SynthSpec, workers: int | None = None, progress: bool = 
     jobs = list(_chunks(spec))
     bar = None
     if progress:
-        from tqdm import tqdm
+        from .progress import Meter
 
-        bar = tqdm(total=spec.batches * spec.per_batch, unit="sample", desc="synth")
+        bar = Meter(spec.batches * spec.per_batch, "synth")
     writers: dict[int, object] = {}
     pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 0 else None
     try:

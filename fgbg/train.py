@@ -73,13 +73,12 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     # [3] this worker's shards of the run's Ray Datasets
     train_shard, test_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("test")
-    pin = device.type == "cuda"
+    # the training dataset is the run's draws, one epoch's after another (fgbg.ingest.make_datasets): one iterator, from
+    # which each epoch takes its steps
+    draws = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda"))
     drawn = start.metrics.get("samples_drawn", 0) if start.epoch else 0
-    if cfg.samples_per_epoch:  # the dataset is the run's draws, epoch after epoch: one iterator, each epoch takes its steps
-        draws = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=pin))
-        # a worker group restarted after the dataset was made resumes later in it: its first draws were trained on
-        for _ in range(max(0, drawn - loop_config.get("drawn_from", 0)) // (per_worker * world)):
-            next(draws, None)
+    for _ in range(max(0, drawn - loop_config.get("drawn_from", 0)) // (per_worker * world)):
+        next(draws, None)  # a worker group restarted on the datasets it had resumes later in them: these were trained on
     # training augmentation's random numbers, on the device; a resumed run does not replay the first epochs' draws
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + rank * 1009 + start.epoch)
     profiler = RunProfiler(cfg.profile, core, cfg.run_dir, rank, device, cfg.profile_steps)
@@ -91,9 +90,7 @@ def train_func_per_worker(loop_config: dict) -> None:
 
     for epoch in range(start.epoch, cfg.epochs):
         t_epoch = time.perf_counter()
-        batches = (itertools.islice(draws, steps_per_epoch) if cfg.samples_per_epoch else
-                   train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=pin))
-        stats = train_epoch(train_step, schedule, batches, functools.partial(prepare, size=cfg.size_at(epoch + 1)),
+        stats = train_epoch(train_step, schedule, itertools.islice(draws, steps_per_epoch), functools.partial(prepare, size=cfg.size_at(epoch + 1)),
                             on_step=lambda i, parts, epoch=epoch: (profiler.step(), out.step(epoch + 1, i, parts)))
         step += stats.steps
         test = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
@@ -103,7 +100,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         times = {**stats.times(), "time_epoch": time.perf_counter() - t_epoch}
         metrics = epoch_metrics(epoch + 1, SetMetrics.compute(test_sums), train_sums.tolist(), times,
                                 lr=optimizer.param_groups[0]["lr"], objective=cfg.objective, best_iou=best_iou)
-        drawn += loop_config["train_samples"]  # where the next epoch's draws start (with samples_per_epoch: in the passes)
+        drawn += loop_config["train_samples"]  # where the next epoch's draws start
         metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn, **(startup.parts() if epoch == 0 else {}))
         best_iou = metrics["best_iou"]
         schedule.after_epoch(metrics["loss"])

@@ -3,7 +3,9 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,3 +59,37 @@ def synth_data(tmp_path_factory):
 def _cache_home(tmp_path, monkeypatch):
     """Manifest caches that cannot sit next to the data go to a per-test folder, not ~/.cache."""
     monkeypatch.setenv("FGBG_CACHE", str(tmp_path / "fgbg-cache"))
+
+
+BUCKET = "fgbg-test"
+
+
+@pytest.fixture(scope="module")
+def s3_store():
+    """A fresh S3 server (moto's) behind a proxy that drops every tenth request with 503 SlowDown: the endpoint
+    in the environment is the proxy's, so every object-store test runs against a store that drops requests, and
+    so do the Ray processes that the tests start (they inherit the environment)."""
+    from flaky_s3 import FlakyS3
+    from moto.server import ThreadedMotoServer
+
+    from loopback import free_port
+
+    upstream = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=upstream, verbose=False)
+    server.start()
+    proxy = FlakyS3(urlparse(os.environ["AWS_ENDPOINT_URL"]).port, upstream, every=10)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_store, synth_data):
+    """The synthetic dataset uploaded to a bucket of the store: its URI."""
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    for zip_path in sorted(synth_data.glob("*.zip")):  # what `aws s3 cp` would upload: the zips
+        pafs.copy_files(str(zip_path), f"{BUCKET}/data/{zip_path.name}", destination_filesystem=fs)
+    return f"s3://{BUCKET}/data"

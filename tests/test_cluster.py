@@ -56,13 +56,16 @@ def _training_node(cluster, job):
     return next(n for n in cluster.workers if n.node_id in training)
 
 
-def test_job_trains_on_workers_placed_on_both_worker_nodes(cluster, synth_data, tmp_path):
-    job = cluster.submit(f"{TRAIN} --data {synth_data} --out {tmp_path} --name mn --epochs 2")
+def test_job_trains_on_workers_placed_on_both_worker_nodes_on_samples_drawn_from_a_bucket(cluster, s3_data, tmp_path):
+    """As at the original's size (bench/scale.py: 2,000 samples an epoch drawn from a batch of 40,000 in S3), at a small one."""
+    job = cluster.submit(f"{TRAIN} --data {s3_data} --out {tmp_path} --name mn --epochs 2 --set samples_per_epoch=16")
     status = cluster.wait_job(job, 300)
     logs = cluster.jobs.get_job_logs(job)
     assert status == "SUCCEEDED", (cluster.jobs.get_job_info(job).message, logs[-3000:])  # (the message: a job that never started)
     assert _epochs_done(logs) == Counter({1: 1, 2: 1})
     assert find_checkpoints(tmp_path / "mn")[-1][1]["epoch"] == 2
+    history = [json.loads(line) for line in (tmp_path / "mn" / "history.jsonl").read_text().splitlines()]
+    assert [(m["train_samples"], m["samples_drawn"]) for m in history] == [(16, 16), (16, 32)]  # of the bucket's 24
     driver = cluster.jobs.get_job_info(job).driver_info
     workers = [a for a in cluster.actors("RayTrainWorker") if a["job_id"] == driver.id]
     assert {a["node_id"] for a in workers} == {n.node_id for n in cluster.workers}
@@ -85,7 +88,8 @@ def test_predict_job_spreads_its_actors_over_both_worker_nodes(cluster, longer_d
 
 def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(cluster, longer_data, tmp_path):
     run = tmp_path / "ft"
-    job = cluster.submit(f"{TRAIN} --data {longer_data} --out {tmp_path} --name ft --epochs 4 --size 64")
+    # epochs of 96 samples drawn from the 160: the restarted worker group goes on in the same datasets, past what it trained
+    job = cluster.submit(f"{TRAIN} --data {longer_data} --out {tmp_path} --name ft --epochs 4 --size 64 --set samples_per_epoch=96")
     deadline = time.time() + 240
     while registered_epoch(run) < 1 and time.time() < deadline:
         time.sleep(0.2)
@@ -105,6 +109,8 @@ def test_lost_worker_node_restarts_the_worker_group_from_the_last_checkpoint(clu
     assert set(done) == {1, 2, 3, 4} and sum(done.values()) - 4 <= 1  # at most the interrupted epoch again
     assert all(done[e] == 1 for e in range(1, resumed + 1))  # nothing before the checkpoint was recomputed
     assert find_checkpoints(run)[-1][1]["epoch"] == 4
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [m["samples_drawn"] for m in history] == [96, 192, 288, 384]
 
 
 def test_lost_worker_node_during_a_sweep_resumes_its_trials(cluster, longer_data, tmp_path):

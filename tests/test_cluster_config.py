@@ -51,3 +51,11 @@ def test_token_auth_everywhere_and_no_port_beyond_ssh(config):
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in CLUSTER_YAML.read_text()
     assert "IpPermissions" not in config["provider"].get("security_group", {})  # Ray's group: SSH + intra-cluster only
     assert {".venv", ".git", "runs"} <= set(config["rsync_exclude"])  # the project goes up without its venv or runs
+
+
+def test_each_gpu_has_the_cpus_that_keep_it_fed(config):
+    """docs/benchmarks.md, "Sizing a cluster": a GPU training worker needs about 4 CPUs reading from the cache (or decoding
+    local JPEGs) beside its own, by the estimate there; each GPU node type must have them."""
+    for name, t in config["available_node_types"].items():
+        if t["resources"].get("GPU"):
+            assert t["resources"]["CPU"] / t["resources"]["GPU"] >= 4, name

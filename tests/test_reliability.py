@@ -189,6 +189,19 @@ def _fill(disk, leave: int) -> None:
             f.flush()
 
 
+def test_a_cache_that_would_not_fit_is_refused_before_anything_is_written(ray_cluster, synth_data, small_disk):
+    from fgbg.cache import cached_dataset
+    from fgbg.ingest import IngestConfig
+    from fgbg.layout import load_manifest
+
+    m = load_manifest(synth_data)
+    table = m.with_paths(m.split()["train"])  # 24 samples: about 2.8 MB at 160×160 with their 9 backgrounds
+    _fill(small_disk, leave=1 << 20)
+    with pytest.raises(FgbgError, match=rf"--cache {small_disk}/\w+/\w+: decoding this split needs about 2\.\d MB there; 1\.\d MB are free"):
+        cached_dataset(table, IngestConfig(size=160), str(small_disk), say=lambda _: None)
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
 def test_a_disk_that_fills_ends_the_run_and_keeps_its_last_good_checkpoint(ray_cluster, synth_data, small_disk):
     cfg = dict(data=str(synth_data), out=str(small_disk), name="r", batch_size=8, workers=1, max_failures=0, **SMALL)
     fit(Config(epochs=1, **cfg))

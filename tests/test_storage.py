@@ -6,13 +6,11 @@ The endpoint and test credentials are in the environment (conftest.py), the way 
 import csv
 import io
 import json
-import os
-from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import BUCKET
 
 from fgbg import checkpoints, storage
 from fgbg.checkpoints import find as find_checkpoints
@@ -24,38 +22,6 @@ from fgbg.layout import MANIFEST_NAME, load_manifest
 from fgbg.predict import dataset_rows, predict
 from fgbg.train import fit
 from fgbg.tune import sweep
-
-BUCKET = "fgbg-test"
-
-
-@pytest.fixture(scope="module")
-def s3_store():
-    """A fresh S3 server (moto's) behind a proxy that drops every tenth request with 503 SlowDown: the endpoint
-    in the environment is the proxy's, so every object-store test here runs against a store that drops requests."""
-    from flaky_s3 import FlakyS3
-    from moto.server import ThreadedMotoServer
-
-    from loopback import free_port
-
-    upstream = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=upstream, verbose=False)
-    server.start()
-    proxy = FlakyS3(urlparse(os.environ["AWS_ENDPOINT_URL"]).port, upstream, every=10)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_data(s3_store, synth_data):
-    """The synthetic dataset uploaded to a bucket of the store: its URI."""
-    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    for zip_path in sorted(synth_data.glob("*.zip")):  # what `aws s3 cp` would upload: the zips
-        pafs.copy_files(str(zip_path), f"{BUCKET}/data/{zip_path.name}", destination_filesystem=fs)
-    return f"s3://{BUCKET}/data"
 
 
 def test_inspect_reads_the_zips_in_the_bucket_and_caches_the_manifest_beside_them(s3_data, synth_data):

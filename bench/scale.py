@@ -1,0 +1,251 @@
+"""Every stage at three sizes of the original's layout (10 batches of 400, 4,000 and 40,000 samples: 4k, 40k, 400k):
+does its steady rate hold, and does its memory stay flat, as the dataset grows?
+
+Each stage runs as its own command, as a user runs it (a local cluster started by the command). While it runs,
+the script samples every second the memory of each process of the command's tree (its unique set size: its own
+pages, not the object store's that it maps; the driver, each Ray Train worker, each other Ray worker, the largest of
+each kind reported) and, through Ray's own memory summary, the object store's use. Steady samples/s leave the
+start-up out (the first batch, or the first batch of files); the start-up is reported apart.
+
+  synth         fgbg synth --batches 10 --per-batch P            steady: batches 2–10 over the time between their zips' writes
+  inspect       fgbg inspect DATA (after --quick, which indexes)   every file checked, from its report's own times
+  ingest        one pass over the training split on Ray Data, no training (this script's `pass` step)
+  cache write   the training split decoded into --cache (this script's `pass --cache`): steady between the first and last shard
+  cache read    a second pass from the cache, the page cache dropped first (cold: the disk's own rate)
+  train         fgbg train, 2 epochs of --samples-per-epoch drawn from the whole split (epoch 2's rate, its first batch left out)
+  evaluate      fgbg evaluate on the test batch (400, 4,000, 40,000 samples)
+  predict       fgbg predict over the test batch, on Ray Data
+
+    python bench/scale.py --root /work/scale                      # all sizes and stages; resumable (bench/out/scale.json)
+    python bench/scale.py --root /work/scale --sizes 400 --stages synth,inspect
+Prints a table; writes bench/out/scale.json after every stage, so a long run can continue another day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out" / "scale.json"
+STAGES = ("synth", "inspect", "ingest", "cache_write", "cache_read", "train", "evaluate", "predict")
+FGBG = str(Path(sys.executable).parent / "fgbg")
+
+
+class Watch:
+    """Peak memory of a command's process tree by kind of process (unique set size: its own pages, not the object
+    store's it maps), and of Ray's object store, sampled every second."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.store = pid, {}, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def kind(process: psutil.Process, root: int) -> str:
+        if process.pid == root:
+            return "driver"
+        name = process.name()
+        if name.startswith("ray::RayTrainWorker"):
+            return "train_worker"
+        if name.startswith("ray::"):
+            return "ray_worker"  # Ray Data's tasks and actors, Tune's trials, Ray's own actors
+        return "ray_service"  # GCS, raylet, dashboard, agents
+
+    def _run(self) -> None:
+        gcs, gcs_process = None, None
+        while not self.done.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        # USS: the process's own memory; RSS would count the object store's pages it has mapped too
+                        kind, own = self.kind(p, self.pid), p.memory_full_info().uss
+                        if gcs is None and p.name() == "gcs_server":  # (its port is picked at start: the one it listens on)
+                            gcs = next((c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN), None)
+                            gcs_process = p
+                    except psutil.Error:
+                        continue
+                    self.peak[kind] = max(self.peak.get(kind, 0), own)
+            except psutil.Error:
+                pass
+            if gcs and gcs_process.is_running():
+                self.store = max(self.store, _object_store_bytes(f"127.0.0.1:{gcs}"))
+            time.sleep(1.0)
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.thread.join()
+        return {f"peak_{k}_mb": round(v / 2**20) for k, v in sorted(self.peak.items())} | {"peak_object_store_mb": round(self.store / 2**20)}
+
+
+def _object_store_bytes(address: str) -> int:
+    """What Ray's object store holds now (`ray memory --stats-only`), 0 if the cluster does not answer."""
+    try:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(address, stats_only=True)
+    except Exception:
+        return 0
+    match = re.search(r"Plasma memory usage (\d+) MiB", text)
+    return int(match.group(1)) * 2**20 if match else 0
+
+
+def run(args: list[str], env: dict | None = None) -> dict:
+    """A command run to its end, watched; its seconds, output and peaks."""
+    start = time.time()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or os.environ.copy())
+    watch = Watch(proc.pid)
+    output = proc.stdout.read()
+    proc.wait()
+    peaks = watch.stop()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{output[-3000:]}")
+    return {"seconds": round(time.time() - start, 1), "output": output, **peaks}
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def stage(name: str, per_batch: int, data: Path, work: Path) -> dict:
+    n = 10 * per_batch
+    if name == "synth":
+        r = run([FGBG, "synth", "--out", str(data), "--batches", "10", "--per-batch", str(per_batch), "--seed", "0", "--quiet"])
+        times = sorted(os.path.getmtime(p) for p in glob.glob(str(data / "batch*_images.zip")))
+        steady = 9 * per_batch / (times[-1] - times[0])
+        return r | {"samples": n, "steady_per_s": round(steady, 1), "startup_s": round(r["seconds"] - n / steady, 1),
+                    "disk_mb": round(sum(os.path.getsize(p) for p in glob.glob(str(data / "*.zip"))) / 2**20)}
+    if name == "inspect":  # --quick first: it builds the index (then cached beside the data), which the full check reads
+        quick = run([FGBG, "inspect", str(data), "--quick", "--json"])
+        r = run([FGBG, "inspect", str(data), "--json"])
+        report = json.loads(r["output"][r["output"].index("{"):])
+        manifest = next(iter(glob.glob(str(data / ".fgbg_manifest*"))), None)
+        return r | {"samples": n, "steady_per_s": round(n / max(report["seconds"]["check"], 1e-9), 1), "startup_s": report["seconds"]["index"],
+                    "files_checked": report["files_checked"], "quick_s": quick["seconds"],
+                    "index_s": json.loads(quick["output"][quick["output"].index("{"):])["seconds"]["index"],
+                    "index_bytes_per_sample": round(os.path.getsize(manifest) / n, 1) if manifest else None}
+    if name in ("ingest", "cache_write", "cache_read"):
+        cache = ["--cache", str(work / "cache")] if name != "ingest" else []
+        if name == "cache_write":
+            shutil.rmtree(work / "cache", ignore_errors=True)
+        if name == "cache_read":
+            cold = drop_page_cache()
+        r = run([sys.executable, __file__, "pass", str(data), *cache])
+        result = json.loads(r["output"].strip().splitlines()[-1])
+        if name == "cache_write":
+            shards = sorted(os.path.getmtime(p) for p in glob.glob(str(work / "cache" / "*" / "*" / "shard-*.npz")))
+            result["steady_per_s"] = round((result["samples"] - 256) / max(shards[-1] - shards[0], 1e-9), 1)
+            disk = sum(os.path.getsize(p) for p in glob.glob(str(work / "cache" / "*" / "*" / "*")))  # both splits' shards
+            result |= {"disk_mb": round(disk / 2**20), "bytes_per_sample": round(disk / n)}
+        if name == "cache_read":
+            result["page_cache_dropped"] = cold
+        return r | result
+    if name == "train":
+        shutil.rmtree(work / "runs", ignore_errors=True)
+        r = run([FGBG, "train", "--data", str(data), "--out", str(work / "runs"), "--name", "scale", "--epochs", "2", "--workers", "2",
+                 "--width", "0.5", "--batch-size", "16", "--test-samples", "200", "--set", "samples_per_epoch=2000", "--set", "log_every=1000"])
+        history = [json.loads(line) for line in (work / "runs" / "scale" / "history.jsonl").read_text().splitlines()]
+        last = history[-1]
+        pass_s = last["time_compute"] + last["time_data"] - last.get("time_first_batch", 0.0)
+        return r | {"samples": last["train_samples"], "steady_per_s": round(last["train_samples"] / pass_s, 1),
+                    "startup_s": round(history[0].get("startup_total", 0.0), 1), "waiting_for_data": round(last["time_data"] / pass_s, 3)}
+    if name == "evaluate":
+        r = run([FGBG, "evaluate", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--json", "--out", str(work / "evaluation")])
+        result = json.loads(r["output"][r["output"].index("{"):])
+        return r | {"samples": result["samples"], "steady_per_s": result["samples_per_s"], "startup_s": result["first_batch_s"]}
+    if name == "predict":
+        shutil.rmtree(work / "predictions", ignore_errors=True)  # (a job into the same folder would resume: nothing to do)
+        r = run([FGBG, "predict", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--split", "test", "--json",
+                 "--out", str(work / "predictions")])
+        result = json.loads(r["output"][r["output"].index("{"):])
+        steady = result["predicted"] / max(result["seconds"] - result["first_s"], 1e-9)
+        return r | {"samples": result["samples"], "steady_per_s": round(steady, 1), "startup_s": result["first_s"]}
+    raise ValueError(name)
+
+
+def one_pass(data: str, cache: str | None) -> None:
+    """One pass over the training split on Ray Data, nothing trained: samples/s after the first batch (prints JSON)."""
+    from fgbg.cluster import connect, quiet_ray_data
+    from fgbg.config import Config
+    from fgbg.ingest import load_tables, make_datasets
+
+    cfg = Config(data=data, cache=cache or "", workers=1, size=160)
+    tables = load_tables(cfg)
+    connect(num_cpus=os.cpu_count())
+    quiet_ray_data()
+    start = time.perf_counter()
+    ds = make_datasets(cfg, tables)["train"]
+    made = time.perf_counter()
+    first, seen = None, 0
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        if first is None:
+            first, first_n = time.perf_counter(), len(batch["bad"])
+        seen += len(batch["bad"])
+    end = time.perf_counter()
+    print(json.dumps({"samples": seen, "steady_per_s": round((seen - first_n) / max(end - first, 1e-9), 1),
+                      "startup_s": round(first - start, 1), "dataset_s": round(made - start, 1)}))
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from fgbg.cluster import loopback_only
+
+    loopback_only()  # (this process reads the object store's use from the commands' clusters, which are on loopback,
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # with token auth: Ray 2.60's default for a local cluster)
+    if len(sys.argv) > 1 and sys.argv[1] == "pass":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("cmd")
+        ap.add_argument("data")
+        ap.add_argument("--cache")
+        a = ap.parse_args()
+        return one_pass(a.data, a.cache)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", required=True, help="where the datasets, caches and runs go (about 40 GB for 400k)")
+    ap.add_argument("--sizes", default="400,4000,40000", help="samples per batch, 10 batches each")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--again", action="store_true", help="measure stages already in bench/out/scale.json again")
+    args = ap.parse_args()
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for per_batch in [int(p) for p in args.sizes.split(",")]:
+        key = str(10 * per_batch)
+        data, work = Path(args.root) / f"data-{key}", Path(args.root) / f"work-{key}"
+        work.mkdir(parents=True, exist_ok=True)
+        for name in args.stages.split(","):
+            if name in results.get(key, {}) and not args.again:
+                continue
+            print(f"{key} samples: {name} …", flush=True)
+            r = stage(name, per_batch, data, work)
+            r.pop("output", None)
+            r["date"] = time.strftime("%Y-%m-%d %H:%M")
+            results.setdefault(key, {})[name] = r
+            OUT.parent.mkdir(parents=True, exist_ok=True)
+            OUT.write_text(json.dumps(results, indent=1))
+            print(f"  {json.dumps(r)}", flush=True)
+    sizes = sorted(results, key=int)
+    print(f"{'stage':12}" + "".join(f"{s + ' steady/s':>18}" for s in sizes) + "   ratio largest:smallest")
+    for name in STAGES:
+        rates = [results[s].get(name, {}).get("steady_per_s") for s in sizes]
+        ratio = f"{rates[-1] / rates[0]:.2f}" if rates and rates[0] and rates[-1] else "—"
+        print(f"{name:12}" + "".join(f"{r if r is not None else '—':>18}" for r in rates) + f"   {ratio}")
+
+
+if __name__ == "__main__":
+    main()
