@@ -152,7 +152,8 @@ def stage(name: str, per_batch: int, data: Path, work: Path) -> dict:
         result = json.loads(r["output"].strip().splitlines()[-1])
         if name == "cache_write":
             shards = sorted(os.path.getmtime(p) for p in glob.glob(str(work / "cache" / "*" / "*" / "shard-*.npz")))
-            result["steady_per_s"] = round((result["samples"] - 256) / max(shards[-1] - shards[0], 1e-9), 1)
+            # both splits are cached (all n samples), the first shard's write marks the start
+            result["steady_per_s"] = round((n - n / len(shards)) / max(shards[-1] - shards[0], 1e-9), 1)
             disk = sum(os.path.getsize(p) for p in glob.glob(str(work / "cache" / "*" / "*" / "*")))  # both splits' shards
             result |= {"disk_mb": round(disk / 2**20), "bytes_per_sample": round(disk / n)}
         if name == "cache_read":
@@ -187,7 +188,7 @@ def one_pass(data: str, cache: str | None) -> None:
     from fgbg.config import Config
     from fgbg.ingest import load_tables, make_datasets
 
-    cfg = Config(data=data, cache=cache or "", workers=1, size=160)
+    cfg = Config(data=data, cache=cache or "", workers=1, size=160, epochs=1)  # one pass: the training split's draws for one epoch
     tables = load_tables(cfg)
     connect(num_cpus=os.cpu_count())
     quiet_ray_data()
@@ -222,7 +223,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="400,4000,40000", help="samples per batch, 10 batches each")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--again", action="store_true", help="measure stages already in bench/out/scale.json again")
+    ap.add_argument("--table", action="store_true", help="only print the table of what bench/out/scale.json holds")
     args = ap.parse_args()
+    if args.table:
+        return print(table(json.loads(OUT.read_text())))
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for per_batch in [int(p) for p in args.sizes.split(",")]:
         key = str(10 * per_batch)
@@ -239,12 +243,26 @@ def main() -> None:
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=1))
             print(f"  {json.dumps(r)}", flush=True)
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    """A markdown table: per stage and size, steady samples/s, start-up, peak memory (MB); the largest:smallest ratio."""
     sizes = sorted(results, key=int)
-    print(f"{'stage':12}" + "".join(f"{s + ' steady/s':>18}" for s in sizes) + "   ratio largest:smallest")
+    memory = ("peak_driver_mb", "peak_train_worker_mb", "peak_ray_worker_mb", "peak_object_store_mb")
+    lines = ["| stage | " + " | ".join(f"{int(s) // 1000}k: steady/s, start-up s" for s in sizes) + " | steady ratio "
+             f"{int(sizes[-1]) // 1000}k:{int(sizes[0]) // 1000}k | peak MB driver / train worker / other worker / object store, "
+             + ", ".join(f"{int(s) // 1000}k" for s in sizes) + " |",
+             "|---|" + "---:|" * len(sizes) + "---:|---|"]
     for name in STAGES:
-        rates = [results[s].get(name, {}).get("steady_per_s") for s in sizes]
-        ratio = f"{rates[-1] / rates[0]:.2f}" if rates and rates[0] and rates[-1] else "—"
-        print(f"{name:12}" + "".join(f"{r if r is not None else '—':>18}" for r in rates) + f"   {ratio}")
+        got = [results[s].get(name) for s in sizes]
+        if not any(got):
+            continue
+        cells = [f"{g['steady_per_s']:,.1f}, {g.get('startup_s', 0):.1f}" if g else "—" for g in got]
+        ratio = f"{got[-1]['steady_per_s'] / got[0]['steady_per_s']:.2f}" if got[0] and got[-1] else "—"
+        peaks = "; ".join(" / ".join(str(g.get(k, "–")) for k in memory) if g else "—" for g in got)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {peaks} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ fgbg.batch makes float tensors of the rest (augmented for training) on the train
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import ray
 
@@ -21,36 +22,35 @@ from .errors import FgbgError
 from .layout import Draws
 from .reader import PAD, IngestConfig, decode_batch
 
-_TABLES: dict[str, pa.Table] = {}  # manifest tables put in the object store, once per process (`drawn_rows`)
+_TABLES: dict[str, pa.Table] = {}  # manifest tables put in the object store, once per process (`decode_draws`)
 
 
 def build_dataset(table: pa.Table, config: IngestConfig = IngestConfig(), draws: Draws | None = None) -> ray.data.Dataset:
     """A Ray Dataset of decoded uint8 samples from manifest rows whose `source` is absolute (Manifest.with_paths):
     in the table's order, or with `draws` those draws from its rows, in their order (training: the run's epochs)."""
+    decode = {"size": config.size, "depth_size": config.depth_size, "on_bad": config.on_bad}
     if draws is None:
-        ds = manifest_blocks(table, config)
-    else:  # a block number per row, made manifest rows where it is decoded: the run's draws are never all in memory
-        blocks = max(1, -(-draws.count // config.block_rows))
-        ds = ray.data.range(blocks, override_num_blocks=min(blocks, 1000)).map_batches(
-            drawn_rows, batch_size=1, batch_format="numpy", fn_kwargs={"rows": ray.put(table), "draws": draws, "block": config.block_rows})
-        ds.context.op_resource_reservation_enabled = False  # as in manifest_blocks
-    return ds.map_batches(
-        decode_batch,
-        batch_size=config.block_rows,
-        batch_format="numpy",
-        fn_kwargs={"size": config.size, "depth_size": config.depth_size, "on_bad": config.on_bad},
-    )
+        return manifest_blocks(table, config).map_batches(decode_batch, batch_size=config.block_rows, batch_format="numpy", fn_kwargs=decode)
+    # a block number per row, made manifest rows and decoded in one task per block (batch_size 1: Ray Data bundles a
+    # task's input by rows, and a row here is a whole block); the run's draws are never all in memory
+    blocks = max(1, -(-draws.count // config.block_rows))
+    ds = ray.data.range(blocks, override_num_blocks=min(blocks, 1000))
+    ds.context.op_resource_reservation_enabled = False  # as in manifest_blocks
+    return ds.map_batches(decode_draws, batch_size=1, batch_format="numpy",
+                          fn_kwargs={"rows": ray.put(table), "draws": draws, "block": config.block_rows, **decode})
 
 
-def drawn_rows(batch: dict, rows: ray.ObjectRef, draws: Draws, block: int) -> pa.Table:
-    """The manifest rows of one block of draws (batch: the block's number); the table is fetched once per process."""
+def decode_draws(batch: dict, rows: ray.ObjectRef, draws: Draws, block: int, **decode) -> dict:
+    """One block of draws (batch: the block's number) decoded: its manifest rows (the table is fetched once per
+    process), then fgbg.reader.decode_batch."""
     key = rows.hex()
     if key not in _TABLES:
         _TABLES.clear()
         _TABLES[key] = ray.get(rows)
     table = _TABLES[key]
     first = draws.start + int(batch["id"][0]) * block
-    return table.take(Draws(draws.seed, first, min(block, draws.start + draws.count - first)).indices(table.num_rows))
+    picked = table.take(Draws(draws.seed, first, min(block, draws.start + draws.count - first)).indices(table.num_rows))
+    return decode_batch({k: np.asarray(picked.column(k).to_pylist(), dtype=object) for k in picked.column_names}, **decode)
 
 
 def samples_dataset(table: pa.Table, config: IngestConfig, cache: str = "", draws: Draws | None = None) -> ray.data.Dataset:
