@@ -69,7 +69,8 @@ def sample_bytes(size: int, depth_size: int | None = None) -> int:
 
 def _backgrounds(table: pa.Table) -> pa.Table:
     """The split's distinct backgrounds (source, bg member), each once, numbered in a fixed order (`bg_index`)."""
-    distinct = table.select(["source", "bg"]).group_by(["source", "bg"]).aggregate([]).sort_by([("source", "ascending"), ("bg", "ascending")])
+    keys = ["source", "bg", *(c for c in ("bg_offset", "bg_bytes") if c in table.column_names)]
+    distinct = table.select(keys).group_by(keys).aggregate([]).sort_by([("source", "ascending"), ("bg", "ascending")])
     return distinct.append_column("bg_index", pa.array(np.arange(distinct.num_rows, dtype=np.int32)))
 
 
@@ -77,8 +78,9 @@ def _decode_backgrounds(batch: dict, config: IngestConfig) -> dict:
     """Backgrounds decoded as the reader decodes them; one that does not decode is zeros, its samples bad (on_bad skip)."""
     images = np.zeros((len(batch["bg"]), config.size, config.size, 3), np.uint8)
     for i, (source, member) in enumerate(zip(batch["source"], batch["bg"])):
+        at = (int(batch["bg_offset"][i]), int(batch["bg_bytes"][i])) if "bg_offset" in batch else (-1, -1)
         try:
-            images[i] = decode_image(read_member(str(source), str(member)), "RGB", (config.size, config.size), str(source), str(member))
+            images[i] = decode_image(read_member(str(source), str(member), at), "RGB", (config.size, config.size), str(source), str(member))
         except FgbgError:
             if config.on_bad == "error":
                 raise

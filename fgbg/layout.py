@@ -40,7 +40,7 @@ PATTERNS = {
 }
 _BATCH = re.compile(r"^batch(\d+)(_images\.zip)?$")
 MANIFEST_NAME = ".fgbg_manifest.parquet"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: where each file lies in its zip
 SCHEMA = pa.schema(
     [
         ("batch", pa.int32()),
@@ -50,6 +50,9 @@ SCHEMA = pa.schema(
         ("bg", pa.string()),
         ("mask", pa.string()),
         ("depth", pa.string()),
+        # where each file lies in its zip, from the zip's directory: its local header's offset and its compressed bytes
+        # (-1 in a folder); readers go straight there, without holding the zip's directory (70 MB a 40,000-sample batch)
+        *[(f"{kind}_{what}", pa.int64()) for kind in ("fg_bg", "bg", "mask", "depth") for what in ("offset", "bytes")],
     ]
 )
 
@@ -113,21 +116,24 @@ def find_batches(root: str | os.PathLike) -> list[Batch]:
     return [found[k] for k in sorted(found)]
 
 
-def list_members(batch: Batch) -> list[str]:
-    """Every file path inside the batch, '/'-separated, relative to the zip or folder."""
+def list_members(batch: Batch) -> dict[str, tuple[int, int]]:
+    """Every file path inside the batch, '/'-separated, relative to the zip or folder: where it lies in the zip (its
+    local header's offset, its compressed bytes), or (-1, -1) in a folder."""
     if batch.is_zip:
         try:
             with storage.open_input(batch.path) as f, zipfile.ZipFile(f) as zf:  # reads only the zip's directory
-                return [n for n in zf.namelist() if not n.endswith("/")]
+                return {i.filename: (i.header_offset, i.compress_size) for i in zf.infolist() if not i.filename.endswith("/")}
         except (zipfile.BadZipFile, OSError) as e:
             raise FgbgError(f"{batch.path}: unreadable zip ({e})") from None
     if not storage.is_uri(batch.path):
-        return [p.relative_to(batch.path).as_posix() for p in Path(batch.path).rglob("*.jpg")]
-    return [f.path for f in storage.listdir(batch.path, recursive=True) if f.path.endswith(".jpg")]
+        names = [p.relative_to(batch.path).as_posix() for p in Path(batch.path).rglob("*.jpg")]
+    else:
+        names = [f.path for f in storage.listdir(batch.path, recursive=True) if f.path.endswith(".jpg")]
+    return dict.fromkeys(names, (-1, -1))
 
 
-def index_batch(batch: Batch, members: list[str]) -> tuple[list[dict], list[Problem]]:
-    """Group a batch's files into samples; every file that has no partner is a problem."""
+def index_batch(batch: Batch, members: dict[str, tuple[int, int]]) -> tuple[list[dict], list[Problem]]:
+    """Group a batch's files (list_members) into samples; every file that has no partner is a problem."""
     source = batch.name
     by_kind: dict[str, dict[str, str]] = {kind: {} for kind in FOLDERS}
     for member in members:
@@ -149,7 +155,8 @@ def index_batch(batch: Batch, members: list[str]) -> tuple[list[dict], list[Prob
             want = ", ".join(f"{FOLDERS[k]}/{_name(k, bg_id if k == 'bg' else key)}" for k in missing)
             problems.append(Problem(source, parts["fg_bg"], f"missing partner file {want}"))
             continue
-        rows.append({"batch": batch.index, "source": source, "sample": key, **parts})
+        where = {f"{kind}_{what}": at for kind, member in parts.items() for what, at in zip(("offset", "bytes"), members[member])}
+        rows.append({"batch": batch.index, "source": source, "sample": key, **parts, **where})
     for kind in ("mask", "depth"):
         for key, member in sorted(by_kind[kind].items()):
             if key not in by_kind["fg_bg"]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from . import storage
 from .errors import BadSample
 
-_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
+_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}  # zips read through their directory (no location given)
+_FILES: dict[tuple[int, str], io.IOBase] = {}  # zips read at the manifest's locations
 _BG_CACHE: OrderedDict = OrderedDict()
 PAD = ""  # the `sample` of rows added only to give every worker an equal shard
 _BG_CACHE_SIZE = 512  # decoded backgrounds kept per process (≈ 77 KB each at 160×160)
@@ -43,10 +46,13 @@ class IngestConfig:
         """rows_per_block, at least 1: the batch size of the decoding tasks."""
         return max(1, self.rows_per_block)
 
-def read_member(source: str, member: str) -> bytes:
-    """The bytes of one file of a batch (zip read in place, or folder; local, or ranged reads from a URI)."""
+def read_member(source: str, member: str, at: tuple[int, int] = (-1, -1)) -> bytes:
+    """The bytes of one file of a batch (zip read in place, or folder; local, or ranged reads from a URI). at: where the
+    file lies in its zip (the manifest's offset and bytes): read straight from there, else found in the zip's directory."""
     try:
         if source.endswith(".zip"):
+            if at[0] >= 0:
+                return _read_at(source, member, *at)
             key = (os.getpid(), source)  # a forked child must not share its parent's file offset
             zf = _ZIPS.get(key)
             if zf is None:
@@ -55,8 +61,37 @@ def read_member(source: str, member: str) -> bytes:
         return storage.read_bytes(storage.join(source, member))
     except (KeyError, FileNotFoundError):
         raise BadSample(source, member, "missing") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise BadSample(source, member, f"unreadable ({e})") from None
+
+
+def _read_at(source: str, member: str, offset: int, size: int) -> bytes:
+    """A zip member read from its local header at offset: the header (30 bytes, then the name and an extra field), then
+    its size compressed bytes, stored or deflated. One read from an object store, with storage.open_input's read-ahead."""
+    key = (os.getpid(), source)
+    f = _FILES.get(key)
+    if f is None:
+        f = _FILES[key] = storage.open_input(source)
+    f.seek(offset)
+    header = f.read(30)
+    signature, method, name_length, extra_length = struct.unpack("<I4xH16xHH", header) if len(header) == 30 else (0, 0, 0, 0)
+    if signature != 0x04034B50:
+        raise zipfile.BadZipFile(f"no local header at {offset} (the zip changed since it was indexed?)")
+    if f.read(name_length).decode("utf-8", "replace") != member:
+        raise zipfile.BadZipFile(f"another file at {offset} (the zip changed since it was indexed?)")
+    f.seek(extra_length, io.SEEK_CUR)
+    data = f.read(size)
+    if method == zipfile.ZIP_DEFLATED:
+        return zlib.decompressobj(-15).decompress(data)
+    if method != zipfile.ZIP_STORED:
+        raise zipfile.BadZipFile(f"compression method {method} (expected stored or deflated)")
+    return data
+
+
+def _where(row, kind: str) -> tuple[int, int]:
+    """A manifest row's location of one kind of file in its zip, (-1, -1) if it has none."""
+    offset = row.get(f"{kind}_offset", -1)
+    return (int(offset), int(row.get(f"{kind}_bytes", -1))) if offset is not None else (-1, -1)
 
 
 @contextmanager
@@ -89,12 +124,12 @@ def decode_image(data: bytes, mode: str, size: tuple[int, int], source: str = "?
         return np.asarray(img)
 
 
-def _background(source: str, member: str, size: int) -> np.ndarray:
+def _background(source: str, member: str, size: int, at: tuple[int, int] = (-1, -1)) -> np.ndarray:
     """A background decoded once per process and kept: many samples share each one."""
     key = (source, member, size)
     arr = _BG_CACHE.get(key)
     if arr is None:
-        arr = decode_image(read_member(source, member), "RGB", (size, size), source, member)
+        arr = decode_image(read_member(source, member, at), "RGB", (size, size), source, member)
         _BG_CACHE[key] = arr
         if len(_BG_CACHE) > _BG_CACHE_SIZE:
             _BG_CACHE.popitem(last=False)
@@ -107,10 +142,10 @@ def load_sample(row: dict, size: int, depth_size: int) -> dict[str, np.ndarray]:
     """One manifest row (with absolute `source`) decoded to uint8 arrays at the model's sizes."""
     src = row["source"]
     return {
-        "fg_bg": decode_image(read_member(src, row["fg_bg"]), "RGB", (size, size), src, row["fg_bg"]),
-        "bg": _background(src, row["bg"], size),
-        "mask": decode_image(read_member(src, row["mask"]), "L", (size, size), src, row["mask"]),
-        "depth": decode_image(read_member(src, row["depth"]), "L", (depth_size, depth_size), src, row["depth"]),
+        "fg_bg": decode_image(read_member(src, row["fg_bg"], _where(row, "fg_bg")), "RGB", (size, size), src, row["fg_bg"]),
+        "bg": _background(src, row["bg"], size, _where(row, "bg")),
+        "mask": decode_image(read_member(src, row["mask"], _where(row, "mask")), "L", (size, size), src, row["mask"]),
+        "depth": decode_image(read_member(src, row["depth"], _where(row, "depth")), "L", (depth_size, depth_size), src, row["depth"]),
     }
 
 
@@ -138,6 +173,7 @@ def decode_batch(
     }
     for i in range(n):
         row = {k: str(batch[k][i]) for k in ("source", "fg_bg", "bg", "mask", "depth")}
+        row |= {k: batch[k][i] for k in batch if k.endswith(("_offset", "_bytes"))}
         if "sample" in batch and batch["sample"][i] == PAD:
             out["bad"][i] = 2  # padding that evens out shards: dropped, not counted as bad
             continue

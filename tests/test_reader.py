@@ -1,9 +1,11 @@
+import zipfile
+
 import numpy as np
 import pytest
 
 from fgbg.errors import BadSample
 from fgbg.layout import load_manifest
-from fgbg.reader import decode_batch
+from fgbg.reader import decode_batch, read_member
 
 from original import rewrite_zip, write_original
 
@@ -67,3 +69,19 @@ def test_missing_file_after_indexing_is_named(tmp_path):
     with pytest.raises(BadSample, match=r"batch1: bg_jpg/bg_img_2.jpg: missing"):
         decode_batch(rows, size=32)
     assert decode_batch(rows, size=32, on_bad="skip")["bad"].sum() == 6
+
+
+def test_a_member_is_read_where_the_index_says_it_lies_stored_or_deflated(tmp_path):
+    from fgbg.layout import Batch, list_members
+
+    path = tmp_path / "batch1_images.zip"
+    data = {"fg_bg_jpg/a.jpg": bytes(range(256)) * 40, "bg_jpg/b.jpg": b"x" * 5000}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fg_bg_jpg/a.jpg", data["fg_bg_jpg/a.jpg"], compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("bg_jpg/b.jpg", data["bg_jpg/b.jpg"], compress_type=zipfile.ZIP_STORED)
+    where = list_members(Batch(1, str(path)))
+    for member, content in data.items():
+        assert read_member(str(path), member, where[member]) == content
+    # an index that no longer matches the zip (it was written again since) names the file and what is wrong
+    with pytest.raises(BadSample, match=r"batch1_images.zip: bg_jpg/b.jpg: unreadable \(another file at"):
+        read_member(str(path), "bg_jpg/b.jpg", where["fg_bg_jpg/a.jpg"])
