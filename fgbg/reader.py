@@ -26,6 +26,7 @@ from .errors import BadSample
 
 _ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}  # zips read through their directory (no location given)
 _FILES: dict[tuple[int, str], io.IOBase] = {}  # zips read at the manifest's locations
+_EXTRA_ROOM = 64  # bytes read past a member's name for its extra field (zipfile writes none; other tools' are some 30)
 _BG_CACHE: OrderedDict = OrderedDict()
 PAD = ""  # the `sample` of rows added only to give every worker an equal shard
 _BG_CACHE_SIZE = 512  # decoded backgrounds kept per process (≈ 77 KB each at 160×160)
@@ -67,20 +68,25 @@ def read_member(source: str, member: str, at: tuple[int, int] = (-1, -1)) -> byt
 
 def _read_at(source: str, member: str, offset: int, size: int) -> bytes:
     """A zip member read from its local header at offset: the header (30 bytes, then the name and an extra field), then
-    its size compressed bytes, stored or deflated. One read from an object store, with storage.open_input's read-ahead."""
+    its size compressed bytes, stored or deflated; one read for all of it (one request on an object store), a second
+    only when the extra field is longer than the room left for it."""
     key = (os.getpid(), source)
     f = _FILES.get(key)
     if f is None:
         f = _FILES[key] = storage.open_input(source)
+    name = member.encode()
     f.seek(offset)
-    header = f.read(30)
-    signature, method, name_length, extra_length = struct.unpack("<I4xH16xHH", header) if len(header) == 30 else (0, 0, 0, 0)
+    chunk = f.read(30 + len(name) + _EXTRA_ROOM + size)
+    signature, method, name_length, extra_length = struct.unpack("<I4xH16xHH", chunk[:30]) if len(chunk) >= 30 else (0, 0, 0, 0)
     if signature != 0x04034B50:
         raise zipfile.BadZipFile(f"no local header at {offset} (the zip changed since it was indexed?)")
-    if f.read(name_length).decode("utf-8", "replace") != member:
+    if chunk[30 : 30 + name_length] != name:
         raise zipfile.BadZipFile(f"another file at {offset} (the zip changed since it was indexed?)")
-    f.seek(extra_length, io.SEEK_CUR)
-    data = f.read(size)
+    start = 30 + name_length + extra_length
+    data = chunk[start : start + size]
+    if len(data) < size:
+        f.seek(offset + start)
+        data = f.read(size)
     if method == zipfile.ZIP_DEFLATED:
         return zlib.decompressobj(-15).decompress(data)
     if method != zipfile.ZIP_STORED:

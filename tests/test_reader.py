@@ -79,6 +79,9 @@ def test_a_member_is_read_where_the_index_says_it_lies_stored_or_deflated(tmp_pa
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("fg_bg_jpg/a.jpg", data["fg_bg_jpg/a.jpg"], compress_type=zipfile.ZIP_DEFLATED)
         zf.writestr("bg_jpg/b.jpg", data["bg_jpg/b.jpg"], compress_type=zipfile.ZIP_STORED)
+        long_extra = zipfile.ZipInfo("mask_black_jpg/c.jpg")  # an extra field longer than the reader's first read leaves room for
+        long_extra.extra = b"\xfe\xca" + (196).to_bytes(2, "little") + bytes(196)
+        zf.writestr(long_extra, data.setdefault("mask_black_jpg/c.jpg", b"mask" * 300))
     where = list_members(Batch(1, str(path)))
     for member, content in data.items():
         assert read_member(str(path), member, where[member]) == content
