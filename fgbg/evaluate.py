@@ -53,7 +53,8 @@ def evaluate(checkpoint, data, split: str = "test", out=None, batch_size: int = 
             yield batch
 
     try:
-        sums = evaluate_batches(model, counted(ds.iter_torch_batches(batch_size=batch_size)), device, on_first=keep_grid, flip=flip).sums
+        batches = counted(ds.iter_torch_batches(batch_size=batch_size))
+        sums = evaluate_batches(model, batches, device, channels_last=cfg.channels_last, on_first=keep_grid, flip=flip).sums
     except Exception as e:
         bad = find_bad_sample(e)
         if bad is None:
