@@ -33,7 +33,7 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check fgbg bench tests jobs
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[test,export,bench]'
