@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -38,7 +39,9 @@ def main() -> None:
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "fgbg-bench", "AWS_SECRET_ACCESS_KEY": "fgbg-bench",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     os.environ.update(env)
+    os.environ["RAY_AUTH_MODE"] = "token"  # the cluster's mode, for this process's calls to its dashboard too
     os.environ.setdefault("RAY_AUTH_TOKEN", os.urandom(32).hex())
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server: no line per request
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
 

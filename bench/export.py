@@ -44,6 +44,7 @@ def engines(checkpoint: str, work: Path) -> dict:
     """fgbg's inference and the two exported files' runtimes, each a function of uint8 pairs → (mask probability, depth)."""
     import onnxruntime as ort
 
+    work.mkdir(parents=True, exist_ok=True)  # (fgbg export writes into a folder that exists)
     files = {fmt: export(checkpoint, fmt, str(work / f"model.{'onnx' if fmt == 'onnx' else 'pt2'}"))["out"] for fmt in ("onnx", "torch")}
     predictor = Predictor(checkpoint, str(work))
     session = ort.InferenceSession(files["onnx"])

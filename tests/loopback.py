@@ -127,7 +127,11 @@ class LoopbackCluster:
             head.append(f"--autoscaling-config={autoscaling_config}")
         self.head = self._start("head", head)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        self._wait(lambda: len(self.alive_nodes()) >= 1, 90, "the head to come up")
+        try:
+            self._wait(lambda: len(self.alive_nodes()) >= 1, 90, "the head to come up")
+        except TimeoutError:
+            self.shutdown()  # (no caller holds a cluster to shut down yet)
+            raise
         from ray.job_submission import JobSubmissionClient
 
         self.jobs = JobSubmissionClient(self.address)
