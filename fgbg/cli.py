@@ -36,7 +36,11 @@ def _inspect(args) -> int:
 def _train(args) -> int:
     from .train import fit
 
-    cfg = Config.load(args.config, **{key: getattr(args, key) for key, _, _ in TRAIN_FLAGS}, **_set_values(args.set))
+    flags, sets = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS}, _set_values(args.set)
+    both = sorted(k for k in sets if flags.get(k) is not None and flags[k] != sets[k])
+    if both:
+        raise FgbgError(f"--{both[0].replace('_', '-')} {flags[both[0]]} and --set {both[0]}={sets[both[0]]} disagree: give one")
+    cfg = Config.load(args.config, **(flags | sets))
     result = fit(cfg, address=args.address, verbose=args.verbose)
     m = result["metrics"]
     print(f"run {result['run_dir']}: epoch {m['epoch']} IoU {m['iou']:.4f} SSIM {m['ssim']:.4f} RMSE {m['rmse']:.4f} (best IoU {m['best_iou']:.4f})")

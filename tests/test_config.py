@@ -76,3 +76,14 @@ def test_numbers_written_the_usual_ways_keep_working(tmp_path):
     assert (cfg.lr, cfg.epochs, cfg.width, cfg.weight_decay, cfg.batch_size) == (1e-3, 12, 1.0, 0.0, 16)
     assert isinstance(cfg.epochs, int) and isinstance(cfg.width, float)
     assert Config(test_samples=None, max_failures=-1).max_failures == -1
+
+
+def test_set_may_name_a_key_that_has_its_own_flag_but_not_disagree_with_it(tmp_path, capsys):
+    from fgbg.cli import main
+
+    # the config is built (the run stops at the missing data, before any cluster), whichever way the key is given
+    for args in (["--set", "test_samples=200"], ["--test-samples", "200", "--set", "test_samples=200"]):
+        assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path), *args]) == 2
+        assert "not a dataset folder" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "none"), "--test-samples", "100", "--set", "test_samples=200"]) == 2
+    assert "--test-samples 100 and --set test_samples=200 disagree: give one" in capsys.readouterr().err
