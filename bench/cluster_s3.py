@@ -65,8 +65,8 @@ def main() -> None:
         status = cluster.wait_job(job, 3600)
         seconds = time.perf_counter() - start
         logs = cluster.jobs.get_job_logs(job)
-        driver = cluster.jobs.get_job_info(job).driver_info.id
-        nodes = {a["node_id"] for a in cluster.actors("RayTrainWorker") if a["job_id"] == driver}
+        driver = cluster.jobs.get_job_info(job).driver_info  # (none when the entrypoint failed to start)
+        nodes = {a["node_id"] for a in cluster.actors("RayTrainWorker") if driver and a["job_id"] == driver.id}
     finally:
         cluster.shutdown()
         server.stop()
