@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine = p.add_mutually_exclusive_group(required=True)
     engine.add_argument("--checkpoint", help="a checkpoint folder, or a run directory (its best checkpoint): PyTorch, the default engine")
     engine.add_argument("--model", metavar="FILE.onnx", help="or an ONNX file `fgbg export` wrote, run by onnxruntime (pip install "
-                        "'fgbg[export]'): the same files and table")
+                        "'fgbg[export]'): the same files and table; on CPUs the faster engine (predict over 800 samples at "
+                        "full width: 3.4x the samples/s on 2 cores, docs/benchmarks.md \"Export\")")
     p.add_argument("--data", help="a dataset in the layout (local or s3://): predict its samples, scored against its truths")
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="with --data: which samples (default all)")
     p.add_argument("--fg-bg", help="or: an image, or a folder of images (local or s3://)")

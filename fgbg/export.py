@@ -35,7 +35,8 @@ class Exported(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # (the wrapper too: the exporters warn of a module in training mode)
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, b = (t.permute(0, 3, 1, 2).float() / 255.0 for t in (fg_bg, bg))
