@@ -16,6 +16,7 @@ from PIL import Image
 
 from fgbg import checkpoints
 from fgbg import predict as predict_module
+from fgbg import reader
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
@@ -47,7 +48,11 @@ def _true_mask(row) -> np.ndarray:
 
 def test_a_dataset_gets_every_file_and_a_table_whose_iou_matches_one_done_by_hand(checkpoint, synth_data, tmp_path):
     out = tmp_path / "out"
-    r = predict(checkpoint, dataset_rows(synth_data), out, batch_size=8, concurrency=0)
+    rows = dataset_rows(synth_data)
+    assert min(rows["fg_bg_offset"].to_pylist() + rows["depth_bytes"].to_pylist()) >= 0  # where each file lies in its zip
+    reader._ZIPS.clear()
+    r = predict(checkpoint, rows, out, batch_size=8, concurrency=0)
+    assert not reader._ZIPS  # every member read at the index's offset: no zip's directory held in memory
     assert (r["samples"], r["predicted"], r["skipped"], r["done_before"]) == (48, 48, 0, 0)
     table = pq.read_table(out / "predictions.parquet").to_pylist()
     assert pacsv.read_csv(out / "predictions.csv").num_rows == 48 and len({row["name"] for row in table}) == 48
