@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "make: fgbg needs Python 3.11 or newer: none of python3, python3.13, python3.12, python3.11, python3.14 is (set PYTHON=/path/to/python)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[test,export]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,optuna]'
 	touch $(STAMP)
 
 # The main job on the embedded synthetic default, small enough for a laptop's CPU (about 8 minutes on 2 cores, longer on a slow day):
@@ -36,7 +36,7 @@ test: venv
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15
 
 bench: venv
-	$(BIN)/python -m pip install --quiet -e '.[test,export,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,optuna,bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_step.py --check
 	$(BIN)/python bench/ray_overhead.py

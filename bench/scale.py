@@ -15,11 +15,13 @@ start-up out (the first batch, or the first batch of files); the start-up is rep
   cache read    the same from the cache, the page cache dropped first (cold: the disk's own rate; at 4k only
                 the first of the ten passes is cold)
   train         fgbg train, 2 epochs of --samples-per-epoch drawn from the whole split (epoch 2's rate, its first batch left out)
-  evaluate      fgbg evaluate on the test batch (400, 4,000, 40,000 samples)
-  predict       fgbg predict over the test batch, on Ray Data
+  evaluate      fgbg evaluate on the test batch (4,000 and 40,000 samples at 40k and 400k; at 4k, whose test batch is
+                400 samples (about 10 s), on --split all: 4,000 samples, a run as long as 40k's)
+  predict       fgbg predict over the test batch, on Ray Data (at 4k on --split all, as evaluate)
 
     python bench/scale.py --root /work/scale                      # all sizes and stages; resumable (bench/out/scale.json)
     python bench/scale.py --root /work/scale --sizes 400 --stages synth,inspect
+    python bench/scale.py --root /work/scale --sizes 400,40000 --stages cache_read --again --repeat 3   # sizes in turn, medians
 Prints a table; writes bench/out/scale.json after every stage, so a long run can continue another day.
 """
 
@@ -127,6 +129,28 @@ def drop_page_cache() -> bool:
         return False
 
 
+def disk_rate(cache: Path, limit: int = 2 * 2**30) -> float | None:
+    """MB/s reading up to 2 GiB of the cache's shards cold, one after another in 8 MiB reads (the page cache dropped
+    first; None if it cannot be)."""
+    if not drop_page_cache():
+        return None
+    done, start = 0, time.perf_counter()
+    for path in sorted(glob.glob(str(cache / "*" / "*" / "shard-*.npz")))[::-1]:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(8 << 20):
+                done += len(chunk)
+        if done >= limit:
+            break
+    return round(done / 2**20 / (time.perf_counter() - start), 1)
+
+
+def sample_bytes(size: int) -> int:
+    sys.path.insert(0, str(ROOT))
+    from fgbg.cache import sample_bytes as shard_bytes
+
+    return shard_bytes(size)
+
+
 def warm(data: Path) -> None:
     """Read the dataset's zips once, so that the stages reading JPEGs start with them in the page cache, at every size
     (the original's 3 GB fit in memory; the cache stages, which drop it, would otherwise leave the largest one cold)."""
@@ -174,6 +198,8 @@ def stage(name: str, per_batch: int, data: Path, work: Path) -> dict:
             result |= {"disk_mb": round(disk / 2**20), "bytes_per_sample": round(disk / n)}
         if name == "cache_read":
             result["page_cache_dropped"] = cold
+            result["disk_read_mb_per_s"] = disk_rate(work / "cache")  # what the disk gave just after, cold: the bound at 400k
+            result["read_mb_per_s"] = round(result["steady_per_s"] * sample_bytes(160) / 2**20, 1)
         return r | result
     if name == "train":
         shutil.rmtree(work / "runs", ignore_errors=True)
@@ -184,13 +210,15 @@ def stage(name: str, per_batch: int, data: Path, work: Path) -> dict:
         pass_s = last["time_compute"] + last["time_data"] - last.get("time_first_batch", 0.0)
         return r | {"samples": last["train_samples"], "steady_per_s": round(last["train_samples"] / pass_s, 1),
                     "startup_s": round(history[0].get("startup_total", 0.0), 1), "waiting_for_data": round(last["time_data"] / pass_s, 3)}
+    split = "all" if per_batch < 4000 else "test"  # runs of at least 4,000 samples: 4k's test batch lasts seconds
     if name == "evaluate":
-        r = run([FGBG, "evaluate", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--json", "--out", str(work / "evaluation")])
+        r = run([FGBG, "evaluate", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--split", split, "--json",
+                 "--out", str(work / "evaluation")])
         result = json.loads(r["output"][r["output"].index("{"):])
         return r | {"samples": result["samples"], "steady_per_s": result["samples_per_s"], "startup_s": result["first_batch_s"]}
     if name == "predict":
         shutil.rmtree(work / "predictions", ignore_errors=True)  # (a job into the same folder would resume: nothing to do)
-        r = run([FGBG, "predict", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--split", "test", "--json",
+        r = run([FGBG, "predict", "--checkpoint", str(work / "runs" / "scale"), "--data", str(data), "--split", split, "--json",
                  "--out", str(work / "predictions")])
         result = json.loads(r["output"][r["output"].index("{"):])
         steady = result["predicted"] / max(result["seconds"] - result["first_s"], 1e-9)
@@ -242,26 +270,41 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--again", action="store_true", help="measure stages already in bench/out/scale.json again")
     ap.add_argument("--table", action="store_true", help="only print the table of what bench/out/scale.json holds")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds: each round runs every size's stages in turn; the median run kept "
+                    "(its memory peaks the rounds' largest), every round's rate beside it")
     args = ap.parse_args()
     if args.table:
         return print(table(json.loads(OUT.read_text())))
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    for per_batch in [int(p) for p in args.sizes.split(",")]:
-        key = str(10 * per_batch)
-        data, work = Path(args.root) / f"data-{key}", Path(args.root) / f"work-{key}"
-        work.mkdir(parents=True, exist_ok=True)
-        for name in args.stages.split(","):
-            if name in results.get(key, {}) and not args.again:
-                continue
-            print(f"{key} samples: {name} …", flush=True)
-            r = stage(name, per_batch, data, work)
-            r.pop("output", None)
-            r["date"] = time.strftime("%Y-%m-%d %H:%M")
-            results.setdefault(key, {})[name] = r
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            OUT.write_text(json.dumps(results, indent=1))
-            print(f"  {json.dumps(r)}", flush=True)
+    rounds: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeat):
+        for per_batch in [int(p) for p in args.sizes.split(",")]:
+            key = str(10 * per_batch)
+            data, work = Path(args.root) / f"data-{key}", Path(args.root) / f"work-{key}"
+            work.mkdir(parents=True, exist_ok=True)
+            for name in args.stages.split(","):
+                if name in results.get(key, {}) and not args.again and (key, name) not in rounds:
+                    continue
+                print(f"{key} samples: {name} …", flush=True)
+                r = stage(name, per_batch, data, work)
+                r.pop("output", None)
+                r["date"] = time.strftime("%Y-%m-%d %H:%M")
+                runs = rounds.setdefault((key, name), [])
+                runs.append(r)
+                results.setdefault(key, {})[name] = _median_run(runs)
+                OUT.parent.mkdir(parents=True, exist_ok=True)
+                OUT.write_text(json.dumps(results, indent=1))
+                print(f"  {json.dumps(r)}", flush=True)
     print(table(results))
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median steady rate, with each run's rate and the largest of each memory peak."""
+    if len(runs) == 1:
+        return runs[0]
+    median = sorted(runs, key=lambda r: r["steady_per_s"])[(len(runs) - 1) // 2]
+    peaks = {k: max(r[k] for r in runs if k in r) for k in median if k.startswith("peak_")}
+    return median | peaks | {"rounds_steady_per_s": [r["steady_per_s"] for r in runs]}
 
 
 def table(results: dict) -> str:

@@ -149,14 +149,30 @@ def _tune(args) -> int:
 
     r = sweep(
         args.space, args.data, out=args.out, name=args.name, trials=args.trials, epochs=args.epochs, scheduler=args.scheduler,
-        concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, gpu=args.gpu, resume=args.resume, address=args.address,
-        cache=args.cache, overrides=_set_values(args.set),
+        search=args.search, concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, gpu=args.gpu, resume=args.resume,
+        address=args.address, cache=args.cache, overrides=_set_values(args.set), verbose=args.verbose,
     )
+    print(f"\n{len(r['trials'])} trials ({r['concurrency']} at a time) in {r['experiment']}, ranked by their last epoch's objective:")
+    print(ranking(r["trials"], r["keys"]))
     best = r["best"]
-    print(f"{len(r['trials'])} trials ({r['concurrency']} at a time) in {r['experiment']}")
-    print(f"best: trial {best['trial']} objective {best['best_objective']:.4f} (IoU {best['best_iou']:.4f}, SSIM {best['best_ssim']:.4f})")
-    print(f"  results.csv, sweep.png, and best_config.yaml: fgbg train --config {r['experiment']}/best_config.yaml --data DATA")
+    print(f"best: trial {best['trial']}, objective {best['objective']:.4f} at its last epoch ({best['epochs']}), IoU {best['iou']:.4f}, "
+          f"SSIM {best['ssim']:.4f}; its best epoch ({best['best_epoch']}) {best['best_objective']:.4f}")
+    print(f"  its config: fgbg train --config {r['experiment']}/best_config.yaml --data DATA")
+    if r["checkpoint"]:
+        print(f"  its checkpoint: {r['checkpoint']}")
+    print(f"  every trial: {r['experiment']}/results.csv and sweep.png")
     return 0
+
+
+def ranking(rows: list[dict], keys: list[str], shown: int = 10) -> str:
+    """The sweep's trials best first (the first `shown`): last and best objective, IoU, SSIM, epochs, parameters."""
+    head = ["#", "trial", "objective", "best", "IoU", "SSIM", "epochs", *keys]
+    cells = [[str(i + 1), r["trial"], f"{r['objective']:.4f}", f"{r['best_objective']:.4f}", f"{r['iou']:.4f}", f"{r['ssim']:.4f}",
+              f"{r['epochs']}{' (stopped)' if r['stopped_early'] else ''}", *(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)]
+             for i, r in enumerate(rows[:shown])]
+    widths = [max(len(c) for c in column) for column in zip(head, *cells)]
+    more = [f"… and {len(rows) - shown} more in results.csv"] if len(rows) > shown else []
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *cells]] + more)
 
 
 def _batches(text: str) -> list[int]:
@@ -246,9 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--trials", type=int, default=4, help="samples of the space (each grid value is tried in every one)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's fixed epochs, else 10)")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials early")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials early (compared after equal "
+                   "epochs at the final size)")
+    p.add_argument("--search", choices=["random", "optuna"], default="random", help="random samples (grids expanded), or Optuna's TPE, "
+                   "which learns from the trials so far (no grid: in its space)")
     p.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster holds now; more waits for an autoscaling cluster to grow)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel workers of each trial")
+    p.add_argument("--workers-per-trial", type=int, default=0, help="data-parallel workers of each trial; 0 (default): one, in the "
+                   "trial's own process, which later trials reuse (they start in seconds)")
+    p.add_argument("--verbose", action="store_true", help="Tune's own output and the trials' logs, instead of fgbg's table")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", default="sweeps", help="where sweeps live; a sweep is OUT/NAME")
     p.add_argument("--name", default="sweep", help="the sweep's name")

@@ -220,6 +220,20 @@ def delete(path) -> None:
         raise failure(path, e) from None
 
 
+def delete_dir(path) -> None:
+    """Remove a folder and what it holds, local or on an object store; one that is already gone is fine."""
+    if not is_uri(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, inner = filesystem(path)
+    try:
+        fs.delete_dir(inner)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise failure(path, e) from None
+
+
 def upload_dir(local: str, uri: str) -> None:
     """Copy a local folder's files to a URI or another local folder (overwriting what is there)."""
     if not is_uri(uri):

@@ -36,21 +36,50 @@ from .runlock import RunLock
 from .step import TrainStep, evaluate_batches
 
 
-def train_func_per_worker(loop_config: dict) -> None:
-    """One Ray Train worker: every epoch, train on its shard, evaluate its share of the test set, checkpoint, report."""
-    import ray.train
-    import ray.train.torch
+class RayTrainWorker:
+    """A worker's side of Ray Train: its rank, device, model wrapping, last checkpoint, dataset shards and report.
+    (fgbg.tune.InTrial is the same for a one-worker trial trained in Tune's own trial process.)"""
 
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.device = ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, folder: str | None = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+
+def train_func_per_worker(loop_config: dict, worker=None) -> None:
+    """One Ray Train worker: every epoch, train on its shard, evaluate its share of the test set, checkpoint, report.
+    worker: its side of Ray Train (RayTrainWorker, the default) or of a Tune trial (fgbg.tune.InTrial)."""
     cfg = Config.from_dict(loop_config["config"])
     startup = StartupMarks({**loop_config.get("startup", {}), "worker": time.time()})
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    worker = worker or RayTrainWorker()
+    rank, world, device = worker.rank, worker.world, worker.device
     torch.manual_seed(cfg.seed)
 
     # [1] the model, on this worker's device and wrapped for data-parallel training
     model = build_model(cfg).to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    model = ray.train.torch.prepare_model(model)
+    model = worker.prepare_model(model)
     core = getattr(model, "module", model)
     startup.mark("model")
     per_worker = max(1, cfg.batch_size // world)
@@ -61,9 +90,9 @@ def train_func_per_worker(loop_config: dict) -> None:
     train_step = TrainStep(model, optimizer, loss_fn, device, amp=cfg.amp)
 
     # [2] resume from the last checkpoint Ray Train kept, if there is one
-    start = resume(ray.train.get_checkpoint(), train_step, schedule, device, cfg.run_dir)
+    start = resume(worker.checkpoint(), train_step, schedule, device, cfg.run_dir)
     if start.epoch >= cfg.epochs:  # a sweep killed as a trial finished restarts it: Tune wants its last epoch again
-        ray.train.report(start.metrics)
+        worker.report(start.metrics)
         return
     out = EpochLog(cfg, rank, loop_config.get("progress"), steps_per_epoch, startup if not start.epoch else None, start.step)
     if start.damaged:
@@ -72,7 +101,7 @@ def train_func_per_worker(loop_config: dict) -> None:
         out.say(f"resuming after epoch {start.epoch} of {cfg.epochs}")
 
     # [3] this worker's shards of the run's Ray Datasets
-    train_shard, test_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("test")
+    train_shard, test_shard = worker.shard("train"), worker.shard("test")
     # the training dataset is the run's draws, one epoch's after another (fgbg.ingest.make_datasets): one iterator, from
     # which each epoch takes its steps
     draws = iter(train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=2, pin_memory=device.type == "cuda"))
@@ -101,24 +130,20 @@ def train_func_per_worker(loop_config: dict) -> None:
         metrics = epoch_metrics(epoch + 1, SetMetrics.compute(test_sums), train_sums.tolist(), times,
                                 lr=optimizer.param_groups[0]["lr"], objective=cfg.objective, best_iou=best_iou)
         drawn += loop_config["train_samples"]  # where the next epoch's draws start
-        metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn, **(startup.parts() if epoch == 0 else {}))
+        metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn,
+                       # epochs so far at the final size: where a sweep's scheduler compares trials (fgbg.tune)
+                       epochs_at_size=sum(cfg.size_at(e) == cfg.size for e in range(1, epoch + 2)),
+                       **(startup.parts() | {"first_step_at": startup.marks.get("first_step", 0.0), "process": os.getpid()} if epoch == 0 else {}))
         best_iou = metrics["best_iou"]
         schedule.after_epoch(metrics["loss"])
         out.epoch(metrics)
         # [5] rank 0's checkpoint, and every worker's report (a barrier: all call it every epoch)
         state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch, "best_iou": best_iou, "step": step}
-        report(metrics, cfg, core.state_dict(), state, with_checkpoint=rank == 0)
+        with tempfile.TemporaryDirectory() as tmp:  # every worker reports every epoch (a barrier); rank 0 with a checkpoint
+            if rank == 0:
+                checkpoints.write(tmp, core.state_dict(), state, cfg, metrics)
+            worker.report(metrics, tmp if rank == 0 else None)
     out.close(profiler.finish())
-
-
-def report(metrics: dict, cfg: Config, weights: dict, state: dict, with_checkpoint: bool) -> None:
-    """Ray Train's report of an epoch, with a checkpoint from one worker (rank 0); every worker calls it every epoch."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if with_checkpoint:
-            checkpoints.write(tmp, weights, state, cfg, metrics)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if with_checkpoint else None)
 
 
 @dataclass
@@ -250,23 +275,29 @@ def epoch_metrics(epoch: int, test: dict, train_sums: list[float], times: dict, 
 # ---------------------------------------------------------------- driver
 
 
-def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, startup: dict | None = None):
-    """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+def run_inputs(cfg: Config, tables: dict, startup: dict | None = None) -> tuple[dict, dict]:
+    """A run's Ray Datasets (its draws from where a resumed run stopped) and the worker loop's config; writes config.yaml."""
     from .ingest import make_datasets
-    from .rendezvous import OneMachineConfig
 
     last = checkpoints.find(cfg.run_dir)  # a resumed run's draws start where its last epoch's stopped
     done, drawn_from = (last[-1][1]["epoch"], last[-1][1].get("samples_drawn", 0)) if last else (0, 0)
     datasets = make_datasets(cfg, tables, drawn_from, epochs=cfg.epochs - done)
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), cfg.to_yaml().encode())
+    return datasets, {"config": cfg.to_dict(), "train_samples": cfg.epoch_samples(tables["train"].num_rows), "drawn_from": drawn_from,
+                      "startup": {**(startup or {}), "submitted": time.time()}}
+
+
+def make_trainer(cfg: Config, tables: dict, progress=None, callbacks=None, startup: dict | None = None):
+    """The TorchTrainer of a run: Ray Datasets from the manifest tables, scaling, storage, checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .rendezvous import OneMachineConfig
+
+    datasets, loop_config = run_inputs(cfg, tables, startup)
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "train_samples": cfg.epoch_samples(tables["train"].num_rows), "drawn_from": drawn_from,
-                           "progress": progress,
-                           "startup": {**(startup or {}), "submitted": time.time()}},
+        train_loop_config={**loop_config, "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
                                                  placement_strategy=cfg.placement_strategy),
         run_config=ray.train.RunConfig(

@@ -14,9 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fgbg import checkpoints
+from fgbg import checkpoints, reader
 from fgbg import predict as predict_module
-from fgbg import reader
 from fgbg.cli import main
 from fgbg.config import Config
 from fgbg.errors import FgbgError
