@@ -83,6 +83,12 @@ def _whole(folder: str) -> dict | None:
     return metrics if all(storage.info(storage.join(folder, name)).size == size for name, size in sizes.items()) else None
 
 
+def iou_score(metrics: dict) -> float:
+    """A checkpoint's test IoU for ranking; an epoch that was not tested (NaN: test_small_epochs) ranks last."""
+    iou = metrics.get("iou", float("nan"))
+    return -1.0 if iou != iou else iou
+
+
 def resolve(path) -> str:
     """A checkpoint folder as given, or a run directory's best checkpoint (highest test IoU); local or a URI."""
     path = storage.absolute(path)
@@ -90,7 +96,7 @@ def resolve(path) -> str:
         return path
     found = find(path)
     if found:
-        return max(found, key=lambda c: c[1]["iou"])[0]
+        return max(found, key=lambda c: iou_score(c[1]))[0]
     raise FgbgError(f"{path}: not a checkpoint (expected a folder with {MODEL}, or a run directory with checkpoint_* folders)")
 
 

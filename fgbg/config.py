@@ -123,6 +123,8 @@ class Config:
     samples_per_epoch: int | None = None  # an epoch of this many samples drawn from the whole training split, a new draw each
     # epoch: a pass over the split spread over several epochs, each pass in a new order (fgbg.ingest.drawn_dataset)
     test_samples: int | None = None  # use only the first N test samples
+    test_small_epochs: bool = True  # evaluate after epochs that train below the final size too (false: their test metrics are
+    # NaN, and the evaluations' time saved: a sweep's ASHA compares trials only after epochs at the final size)
     cache: str = ""  # folder or s3:// URI of decoded samples: JPEGs decoded once, read by later epochs and runs (fgbg/cache.py)
     # model
     width: float = 1.0  # multiplies every stage's width: 32-64-128-256-256 at 1.0
@@ -188,6 +190,8 @@ class Config:
             raise FgbgError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.schedule not in ("plateau", "cosine"):
             raise FgbgError(f"schedule must be plateau or cosine, not {self.schedule!r}")
+        if self.schedule == "plateau" and not self.test_small_epochs and self.size_schedule:
+            raise FgbgError("test_small_epochs false leaves the plateau schedule no test loss in the small-size epochs: use schedule cosine")
         if self.size_schedule is not None:
             try:  # (the epochs may come back as strings from JSON)
                 schedule = {int(e): int(s) for e, s in dict(self.size_schedule).items()}
@@ -198,6 +202,8 @@ class Config:
                 raise FgbgError(f"size_schedule maps first epochs (from 1) to sizes that are multiples of 16 up to size {self.size}, "
                                 f"not {self.size_schedule}")
             self.size_schedule = schedule
+        if not self.test_small_epochs and self.size_at(self.epochs) != self.size:
+            raise FgbgError(f"test_small_epochs false with a size_schedule that never reaches size {self.size}: no epoch would be tested")
         if self.widths is not None and len(self.widths) != 5:
             raise FgbgError(f"widths must list 5 stage widths, not {self.widths}")
 

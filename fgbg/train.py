@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from .cluster import check_room, connect, quiet_ray_data
 from .config import Config
 from .errors import FgbgError, find_bad_sample
 from .losses import PARTS, MaskDepthLoss
-from .metrics import SetMetrics
+from .metrics import FIELDS, SetMetrics
 from .model import build_model
 from .optim import Schedule, build_optimizer
 from .profiling import RunProfiler
@@ -122,12 +123,14 @@ def train_func_per_worker(loop_config: dict, worker=None) -> None:
         stats = train_epoch(train_step, schedule, itertools.islice(draws, steps_per_epoch), functools.partial(prepare, size=cfg.size_at(epoch + 1)),
                             on_step=lambda i, parts, epoch=epoch: (profiler.step(), out.step(epoch + 1, i, parts)))
         step += stats.steps
-        test = evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
-                                on_first=out.grid(epoch + 1))
+        tested = cfg.test_small_epochs or cfg.size_at(epoch + 1) == cfg.size  # (a sweep's trials may skip the others: fgbg.tune)
+        test_sums = (evaluate_batches(core, test_shard.iter_torch_batches(batch_size=per_worker), device, loss_fn, cfg.channels_last,
+                                      on_first=out.grid(epoch + 1)).sums if tested else torch.zeros(len(FIELDS), dtype=torch.float64, device=device))
         # [4] the metric sums of every worker, added up: each worker saw only its shards
-        test_sums, train_sums = all_reduce(test.sums, stats.sums(device))
+        test_sums, train_sums = all_reduce(test_sums, stats.sums(device))
         times = {**stats.times(), "time_epoch": time.perf_counter() - t_epoch}
-        metrics = epoch_metrics(epoch + 1, SetMetrics.compute(test_sums), train_sums.tolist(), times,
+        test = SetMetrics.compute(test_sums) if tested else {k: 0 if k == "samples" else math.nan for k in SetMetrics.compute(test_sums)}
+        metrics = epoch_metrics(epoch + 1, test, train_sums.tolist(), times,
                                 lr=optimizer.param_groups[0]["lr"], objective=cfg.objective, best_iou=best_iou)
         drawn += loop_config["train_samples"]  # where the next epoch's draws start
         metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn,
@@ -268,7 +271,7 @@ def epoch_metrics(epoch: int, test: dict, train_sums: list[float], times: dict, 
         "time_other": times["time_epoch"] - times["time_compute"] - times["time_data"],  # evaluation, all-reduce, …
     }
     metrics["objective"] = sum(w * metrics[k] for k, w in objective.items())
-    metrics["best_iou"] = max(best_iou, metrics["iou"])
+    metrics["best_iou"] = max(best_iou, metrics["iou"]) if not math.isnan(metrics["iou"]) else best_iou  # (an epoch not tested: NaN)
     return metrics
 
 

@@ -188,7 +188,7 @@ class InTrial:
         if folder:
             storage.upload_dir(folder, storage.join(self.cfg.run_dir, f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{metrics['epoch']:04d}"))
             found = checkpoints.find(self.cfg.run_dir)
-            keep = {found[-1][0], *(f for f, _ in sorted(found, key=lambda c: -c[1]["iou"])[:2])}
+            keep = {found[-1][0], *(f for f, _ in sorted(found, key=lambda c: -checkpoints.iou_score(c[1]))[:2])}
             for old, _ in found:
                 if old not in keep:
                     storage.delete_dir(old)
@@ -229,7 +229,7 @@ def sweep(
     trial trains in its own process (one worker), later trials reusing the process; verbose: Tune's own output too."""
     from ray import tune
 
-    from .cluster import connect
+    from .cluster import connect, quiet_ray_data
 
     space = load_space(space_path)
     searched = sorted(set(overrides or {}) & set(space.space))
@@ -259,6 +259,8 @@ def sweep(
 
     # a local cluster holds at least one trial: its workers, one CPU for decoding, and the trial's own driver
     connect(address, num_cpus=max(os.cpu_count() or 1, int(max(workers_per_trial, 1) * base.cpus_per_worker) + 2))
+    if not verbose:
+        quiet_ray_data()
     cap = max_concurrency(workers_per_trial, base.cpus_per_worker, gpu)
     if concurrency and concurrency > cap:
         print(f"the cluster holds {cap} trial(s) at a time now; the others wait until it grows (autoscaling)", flush=True)

@@ -27,6 +27,8 @@ def test_yaml_then_flags_override(tmp_path):
         ("w_dice: -0.5\n", "w_dice: expected a number ≥ 0, not -0.5"),
         ("batch_size: true\n", "batch_size: expected an integer ≥ 1, not True"),
         ("gpu: 1\n", "gpu: expected true or false, not 1"),
+        ("test_small_epochs: false\nsize_schedule: {1: 64}\n", "test_small_epochs false with a size_schedule that never reaches size 160"),
+        ("test_small_epochs: false\nschedule: plateau\nsize_schedule: {1: 64, 3: 160}\n", "leaves the plateau schedule no test loss"),
         ("widths: [8, 8, 0, 16, 16]\n", "widths: expected a list of integers, each ≥ 1"),
         ("lr_factor: 1.5\n", "lr_factor: expected a number in \\(0, 1\\)"),
         ("copy_paste: 2\n", "copy_paste: expected a number from 0 to 1"),
