@@ -206,28 +206,14 @@ def write_bytes(path, data: bytes) -> None:
         raise failure(path, e) from None
 
 
-def delete(path) -> None:
-    """Remove one file or object; one that is already gone is fine."""
+def delete(path, folder: bool = False) -> None:
+    """Remove one file or object, or with folder=True a folder and what it holds; one that is already gone is fine."""
     if not is_uri(path):
-        Path(path).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True) if folder else Path(path).unlink(missing_ok=True)
         return
     fs, inner = filesystem(path)
     try:
-        fs.delete_file(inner)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise failure(path, e) from None
-
-
-def delete_dir(path) -> None:
-    """Remove a folder and what it holds, local or on an object store; one that is already gone is fine."""
-    if not is_uri(path):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    fs, inner = filesystem(path)
-    try:
-        fs.delete_dir(inner)
+        fs.delete_dir(inner) if folder else fs.delete_file(inner)
     except FileNotFoundError:
         pass
     except OSError as e:

@@ -191,7 +191,7 @@ class InTrial:
             keep = {found[-1][0], *(f for f, _ in sorted(found, key=lambda c: -checkpoints.iou_score(c[1]))[:2])}
             for old, _ in found:
                 if old not in keep:
-                    storage.delete_dir(old)
+                    storage.delete(old, folder=True)
         ray.tune.report(metrics)
 
 

@@ -111,6 +111,10 @@ def test_optuna_with_asha_compares_trials_only_after_epochs_at_the_final_size_an
         assert [h["epochs_at_size"] for h in history] == [e - (t["size_schedule"] == "late") for e in range(1, len(history) + 1)]
         assert history[-1]["epochs_at_size"] >= 1
         assert [math.isnan(h["iou"]) for h in history] == [h["epochs_at_size"] == 0 for h in history]  # small-size epochs untested
+        # its checkpoints in its run directory, as Ray Train keeps them: the latest and the two best by IoU (untested last)
+        kept = {json.loads(p.read_text())["epoch"] for p in (exp / "trials" / t["trial"]).glob("checkpoint_*/metrics.json")}
+        by_iou = sorted(history, key=lambda h: -1 if math.isnan(h["iou"]) else h["iou"], reverse=True)
+        assert kept == {history[-1]["epoch"], *(h["epoch"] for h in by_iou[:2])}
     best = Config.load(str(exp / "best_config.yaml"))
     assert best.size_schedule == schedules[r["best"]["size_schedule"]]  # the trial's value, not its name
     r = sweep(space, str(synth_data), out=str(tmp_path / "sweeps"), name="f", trials=1, scheduler="fifo", search="random", epochs=2)
