@@ -265,7 +265,7 @@ def main() -> None:
         a = ap.parse_args()
         return one_pass(a.data, a.cache, a.samples)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", required=True, help="where the datasets, caches and runs go (about 40 GB for 400k)")
+    ap.add_argument("--root", help="where the datasets, caches and runs go (about 40 GB for 400k); not needed with --table")
     ap.add_argument("--sizes", default="400,4000,40000", help="samples per batch, 10 batches each")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--again", action="store_true", help="measure stages already in bench/out/scale.json again")
@@ -275,6 +275,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         return print(table(json.loads(OUT.read_text())))
+    if not args.root:
+        ap.error("--root is needed to measure")
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     rounds: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeat):
