@@ -173,3 +173,17 @@ def test_numbers_in_a_space_written_as_pyyaml_reads_them(tmp_path):
     path.write_text("space:\n  lr: {loguniform: [1e-4, 1e-2}\n")
     with pytest.raises(FgbgError, match=r"space.yaml, line 2, column 31: not valid YAML \(expected ',' or '\]', but got '}'"):
         load_space(path)
+
+
+def test_a_trial_in_its_own_process_resumes_from_the_latest_whole_checkpoint_in_its_run_directory(tmp_path):
+    from fgbg import checkpoints
+    from fgbg.tune import InTrial
+
+    cfg = Config(size=32, width=0.25, out=str(tmp_path), name="trial")
+    assert InTrial(cfg, {}).checkpoint() is None  # a new trial starts afresh
+    for epoch in (1, 2, 3):
+        folder = tmp_path / "trial" / f"checkpoint_{epoch}"
+        folder.mkdir(parents=True)
+        checkpoints.write(folder, build_model(cfg).state_dict(), {"epoch": epoch - 1}, cfg, {"epoch": epoch, "iou": 0.1 * epoch})
+    (tmp_path / "trial" / "checkpoint_3" / "model.pt").write_bytes(b"cut short")  # the latest, not written whole
+    assert InTrial(cfg, {}).checkpoint().path.endswith("checkpoint_2")
