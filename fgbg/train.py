@@ -37,7 +37,7 @@ from .runlock import RunLock
 from .step import TrainStep, evaluate_batches
 
 
-class RayTrainWorker:
+class RayTrainSide:
     """A worker's side of Ray Train: its rank, device, model wrapping, last checkpoint, dataset shards and report.
     (fgbg.tune.InTrial is the same for a one-worker trial trained in Tune's own trial process.)"""
 
@@ -71,10 +71,10 @@ class RayTrainWorker:
 
 def train_func_per_worker(loop_config: dict, worker=None) -> None:
     """One Ray Train worker: every epoch, train on its shard, evaluate its share of the test set, checkpoint, report.
-    worker: its side of Ray Train (RayTrainWorker, the default) or of a Tune trial (fgbg.tune.InTrial)."""
+    worker: its side of Ray Train (RayTrainSide, the default) or of a Tune trial (fgbg.tune.InTrial)."""
     cfg = Config.from_dict(loop_config["config"])
     startup = StartupMarks({**loop_config.get("startup", {}), "worker": time.time()})
-    worker = worker or RayTrainWorker()
+    worker = worker or RayTrainSide()
     rank, world, device = worker.rank, worker.world, worker.device
     torch.manual_seed(cfg.seed)
 

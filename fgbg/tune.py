@@ -158,7 +158,7 @@ def run_trial(params: dict, base: dict, presets: dict | None = None) -> None:
 
 
 class InTrial:
-    """The worker's side of training (fgbg.train.RayTrainWorker's) for a one-worker trial trained in Tune's trial process:
+    """The worker's side of training (fgbg.train.RayTrainSide's) for a one-worker trial trained in Tune's trial process:
     checkpoints written to the trial's run directory as Ray Train writes them (the latest and the two best by IoU kept),
     the epoch's metrics reported to Tune."""
 

@@ -49,10 +49,11 @@ def _epochs_done(logs: str) -> Counter:
     return Counter(int(n) for n in re.findall(r"epoch (\d+)/\d+ done", logs))
 
 
-def _training_node(cluster, job):
-    """A worker node that holds one of this job's live training workers."""
+def _training_node(cluster, job, actor="RayTrainWorker"):
+    """A worker node that holds one of this job's live training workers (Ray Train's; or a sweep's trial trained in its own
+    process: ImplicitFunc, Tune's actor for a function)."""
     driver = cluster.jobs.get_job_info(job).driver_info.id
-    training = {a["node_id"] for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE" and a["job_id"] == driver}
+    training = {a["node_id"] for a in cluster.actors(actor) if a["state"] == "ALIVE" and a["job_id"] == driver}
     return next(n for n in cluster.workers if n.node_id in training)
 
 
@@ -120,10 +121,11 @@ def test_lost_worker_node_during_a_sweep_resumes_its_trials(cluster, longer_data
     job = cluster.submit(f"python jobs/tune.py --space {space} --data {longer_data} --trials 1 --scheduler fifo --out {tmp_path} --name sw")
     trials = tmp_path / "sw" / "trials"
     deadline = time.time() + 300
-    while not any(registered_epoch(run) >= 1 for run in trials.glob("*")) and time.time() < deadline:
+    # a trial trained in its own process writes its checkpoints into its run directory as Ray Train's do
+    while not any(find_checkpoints(run) for run in trials.glob("*")) and time.time() < deadline:
         time.sleep(0.2)
-    assert any(registered_epoch(run) >= 1 for run in trials.glob("*")), cluster.jobs.get_job_logs(job)[-3000:]
-    lost = _training_node(cluster, job)
+    assert any(find_checkpoints(run) for run in trials.glob("*")), cluster.jobs.get_job_logs(job)[-3000:]
+    lost = _training_node(cluster, job, "ImplicitFunc")  # one-worker trials train in the trial's own process (the default)
     cluster.workers.remove(lost)
     cluster.kill_node(lost)
     cluster.workers.append(cluster.add_node(2))
