@@ -225,6 +225,10 @@ class Config:
         saved = storage.join(self.run_dir, "config.yaml")
         return changes_on_resume(Config.load(saved, saved=True), self) if storage.info(saved).is_file else {}
 
+    def epochs_at_size(self, epoch: int) -> int:
+        """How many of epochs 1 … epoch train at the final size (where a sweep's ASHA compares trials: fgbg.tune)."""
+        return sum(self.size_at(e) == self.size for e in range(1, epoch + 1))
+
     def size_at(self, epoch: int) -> int:
         """The side the model trains at in an epoch (1-based): size_schedule's, else size."""
         if not self.size_schedule:

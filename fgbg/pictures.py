@@ -67,3 +67,17 @@ def png_bytes(image: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(image).save(out, format="PNG")
     return out.getvalue()
+
+
+def sample_files(mask: np.ndarray, depth: np.ndarray, size: tuple[int, int], probability: np.ndarray | None = None) -> dict[str, bytes]:
+    """One sample's files: the mask (bool, at the model's size) as 0/255 at the input's size (w, h); the depth map
+    (in [0, 1], at half the model's size) as 8-bit gray at half the input's size; with the probabilities, a raw .npz."""
+    w, h = size
+    mask_img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    depth_img = Image.fromarray(np.round(depth * 255).astype(np.uint8)).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR)
+    files = {"masks": png_bytes(np.asarray(mask_img)), "depth": png_bytes(np.asarray(depth_img))}
+    if probability is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, mask_probability=probability.astype(np.float16), depth=depth.astype(np.float16))
+        files["raw"] = buf.getvalue()
+    return files

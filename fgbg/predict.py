@@ -37,7 +37,7 @@ from .cluster import native_stderr_in_ray_logs
 from .errors import BadSample, FgbgError, find_bad_sample
 from .metrics import per_image
 from .model import infer
-from .pictures import png_bytes, result_grid
+from .pictures import png_bytes, result_grid, sample_files
 from .progress import Meter
 from .reader import decode_image, read_member
 from .step import amp_dtype
@@ -145,20 +145,6 @@ def decode_rows(batch: dict, size: int, on_bad: str = "error") -> dict:
                 raise
             errors[i] = str(e)
     return out | {"error": np.asarray(errors, dtype=str)}
-
-
-def sample_files(mask: np.ndarray, depth: np.ndarray, size: tuple[int, int], probability: np.ndarray | None = None) -> dict[str, bytes]:
-    """One sample's files: the mask (bool, at the model's size) as 0/255 at the input's size (w, h); the depth map
-    (in [0, 1], at half the model's size) as 8-bit gray at half the input's size; with the probabilities, a raw .npz."""
-    w, h = size
-    mask_img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
-    depth_img = Image.fromarray(np.round(depth * 255).astype(np.uint8)).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR)
-    files = {"masks": png_bytes(np.asarray(mask_img)), "depth": png_bytes(np.asarray(depth_img))}
-    if probability is not None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, mask_probability=probability.astype(np.float16), depth=depth.astype(np.float16))
-        files["raw"] = buf.getvalue()
-    return files
 
 
 class Predictor:

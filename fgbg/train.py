@@ -134,8 +134,7 @@ def train_func_per_worker(loop_config: dict, worker=None) -> None:
                                 lr=optimizer.param_groups[0]["lr"], objective=cfg.objective, best_iou=best_iou)
         drawn += loop_config["train_samples"]  # where the next epoch's draws start
         metrics.update(params=sum(p.numel() for p in core.parameters()), samples_drawn=drawn,
-                       # epochs so far at the final size: where a sweep's scheduler compares trials (fgbg.tune)
-                       epochs_at_size=sum(cfg.size_at(e) == cfg.size for e in range(1, epoch + 2)),
+                       epochs_at_size=cfg.epochs_at_size(epoch + 1),
                        **(startup.parts() | {"first_step_at": startup.marks.get("first_step", 0.0), "process": os.getpid()} if epoch == 0 else {}))
         best_iou = metrics["best_iou"]
         schedule.after_epoch(metrics["loss"])
