@@ -13,6 +13,7 @@ IMAGES = ("fg_bg", "bg")
 # Each image's own exposure change (±) and noise (σ up to) beyond what its pair shares (`augment`): more of it
 # drowns faint objects in the pair's difference (docs/experiments.md, "A quieter pair": 0.05 and 0.03 before)
 PAIR_EXPOSURE, PAIR_NOISE = 0.01, 0.01
+BLOW_UP = (0.35, 0.5, 0.7)  # the sides, as fractions of the model's, that `blow_up` shrinks a sample's pair to
 
 
 def drop_bad(batch: dict) -> tuple[dict, int]:
@@ -25,12 +26,12 @@ def drop_bad(batch: dict) -> tuple[dict, int]:
 
 
 def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True, generator: torch.Generator | None = None,
-                  size: int | None = None, copy_paste: float = 0.0, paste_scene: float = 0.0) -> dict:
+                  size: int | None = None, copy_paste: float = 0.0, paste_scene: float = 0.0, rescale: float = 0.0) -> dict:
     """fg_bg, bg and depth as float in [0, 1], mask in {0, 1}, all N×C×H×W in the model's memory format.
 
     With a generator (on `device`), the batch is augmented for training (`augment`, with copy_paste's share
-    of pasted objects, paste_scene's share of those camouflaged). With a size smaller than the batch's, it is
-    first shrunk to that side (progressive resizing: `shrink`).
+    of pasted objects, paste_scene's share of those camouflaged, rescale's share seen as smaller pictures). With
+    a size smaller than the batch's, it is first shrunk to that side (progressive resizing: `shrink`).
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = {}
@@ -40,7 +41,7 @@ def prepare_batch(batch: dict, device: torch.device, channels_last: bool = True,
     if size is not None and size < out["fg_bg"].shape[-1]:
         out = shrink(out, size)
     if generator is not None:
-        out = augment(out, generator, copy_paste, paste_scene)
+        out = augment(out, generator, copy_paste, paste_scene, rescale)
     return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
 
 
@@ -98,10 +99,29 @@ def paste_objects(batch: dict, share: float, g: torch.Generator, scene: float = 
             "depth": torch.lerp(batch["depth"], moved(batch["depth"], shift // 2, nxt), depth_alpha)}
 
 
-def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scene: float = 0.0) -> dict:
+def blow_up(batch: dict, share: float, g: torch.Generator) -> dict:
+    """In a share of the samples, both images as a smaller picture resized up to the model's side, as `evaluate` and
+    `predict` resize a user's small pictures: shrunk to one of BLOW_UP's fractions of the side (pixel areas
+    averaged), then bilinearly enlarged back. The targets stay sharp: the model learns to find the object in a
+    blurred pair. Each fraction is computed for the whole batch and picked per sample: no value is read back."""
+    x = batch["fg_bg"]
+    n, device, side = len(x), x.device, x.shape[-1]
+    chosen = torch.rand(n, 1, 1, 1, generator=g, device=device) < share
+    pick = torch.randint(len(BLOW_UP), (n, 1, 1, 1), generator=g, device=device)
+    out = dict(batch)
+    for key in IMAGES:
+        img = batch[key]
+        for i, fraction in enumerate(BLOW_UP):
+            small = F.interpolate(batch[key], size=(max(8, round(side * fraction)),) * 2, mode="area")
+            img = torch.where(chosen & (pick == i), F.interpolate(small, size=(side, side), mode="bilinear", align_corners=False), img)
+        out[key] = img
+    return out
+
+
+def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scene: float = 0.0, rescale: float = 0.0) -> dict:
     """Training augmentation per sample: objects pasted from other samples (`paste_objects`, a share copy_paste
-    of the samples, paste_scene of those camouflaged); a joint horizontal flip of inputs and targets; jitter on
-    inputs only.
+    of the samples, paste_scene of those camouflaged); a share `rescale` seen as smaller pictures (`blow_up`); a
+    joint horizontal flip of inputs and targets; jitter on inputs only.
 
     The two photos of a pair share most of their exposure (same camera, same scene), so brightness,
     contrast and saturation are jittered together, then each gets a little exposure change of its
@@ -109,6 +129,8 @@ def augment(batch: dict, g: torch.Generator, copy_paste: float = 0.0, paste_scen
     """
     if copy_paste:
         batch = paste_objects(batch, copy_paste, g, paste_scene)
+    if rescale:
+        batch = blow_up(batch, rescale, g)
     x = batch["fg_bg"]
     n, device = len(x), x.device
     flip = torch.rand(n, 1, 1, 1, generator=g, device=device) < 0.5

@@ -15,7 +15,7 @@ from .errors import FgbgError
 def _synth(args) -> int:
     from .synth import SynthSpec, write_dataset
 
-    shares = {k: getattr(args, k) for k in ("picture_textures", "scene_textures") if getattr(args, k) is not None}
+    shares = {k: getattr(args, k) for k in ("picture_textures", "scene_textures", "cast_shadows") if getattr(args, k) is not None}
     spec = SynthSpec(args.out, args.batches, args.per_batch, args.size, args.seed, args.format, **shares)
     root = write_dataset(spec, workers=args.workers, progress=not args.quiet)
     print(f"wrote {spec.batches * spec.per_batch} samples in {spec.batches} batches ({spec.format}) to {root}")
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-textures", type=float, metavar="SHARE",
                    help="share of samples whose object wears a crop of its own background (default 0.15); "
                         "0 for both writes what fgbg wrote before these options")
+    p.add_argument("--cast-shadows", type=float, metavar="SHARE",
+                   help="share of samples whose object also throws its own shape's shadow on the ground, not in the mask (default 0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_synth)

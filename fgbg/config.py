@@ -31,7 +31,7 @@ RANGES = {
     **dict.fromkeys(("lr", "width", "cpus_per_worker"), _ABOVE_0),
     "size": (lambda v: v >= 16 and v % 16 == 0, "that is a multiple of 16 (the UNet halves it four times)"),
     "lr_factor": (lambda v: 0 < v < 1, "in (0, 1)"),
-    **dict.fromkeys(("copy_paste", "paste_scene", "lr_floor"), (lambda v: 0 <= v <= 1, "from 0 to 1")),
+    **dict.fromkeys(("copy_paste", "paste_scene", "rescale", "lr_floor"), (lambda v: 0 <= v <= 1, "from 0 to 1")),
     "max_failures": (lambda v: v >= -1, "≥ -1 (-1: no limit)"),
 }
 
@@ -141,6 +141,7 @@ class Config:
     # augmentation
     copy_paste: float = 0.5  # share of training samples that get another sample's object pasted on, shadowless (fgbg/batch.py)
     paste_scene: float = 0.6  # share of the pasted objects that wear the background around them instead: camouflage
+    rescale: float = 0.0  # share of training samples seen as a smaller picture enlarged to the model's side (fgbg/batch.py blow_up)
     # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics
     objective: dict = field(default_factory=lambda: {"iou": 0.5, "ssim": 0.5})
     # optimisation

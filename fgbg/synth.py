@@ -46,6 +46,7 @@ class SynthSpec:
     positions: int = 20
     picture_textures: float = 0.3  # share of objects textured with a crop of a picture instead of a drawn pattern
     scene_textures: float = 0.15  # share of samples whose object wears a crop of the scene it stands in
+    cast_shadows: float = 0.0  # share of samples whose object also casts its own shape's shadow on the ground
 
 
 # ---------------------------------------------------------------- samples
@@ -57,8 +58,8 @@ def _cached_scene(seed: int, bg_id: int, size: int) -> Scene:
 
 
 def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: int, picture_textures: float = SynthSpec.picture_textures,
-                  scene_textures: float = SynthSpec.scene_textures) -> dict[str, np.ndarray]:
-    """fg_bg, mask (H×W uint8) and depth (H/2×W/2 uint8) for one sample of the grid (the textures: SynthSpec's)."""
+                  scene_textures: float = SynthSpec.scene_textures, cast_shadows: float = SynthSpec.cast_shadows) -> dict[str, np.ndarray]:
+    """fg_bg, mask (H×W uint8) and depth (H/2×W/2 uint8) for one sample of the grid (the shares: SynthSpec's)."""
     base = _cached_scene(seed, bg_id, size)
     scene = Scene(base.image.copy(), base.depth.copy(), base.horizon)
     rng = rng_for(seed, 3, fg_id, bg_id, flip, pos)
@@ -90,6 +91,9 @@ def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: 
     dark = np.zeros((*shadow.shape, 4), np.float32)
     dark[..., 3] = shadow
     paste(scene, dark, sx0, sy0, None)
+    cast = rng_for(seed, 10, fg_id, bg_id, flip, pos)  # its own draws: with cast_shadows 0, samples are as before
+    if cast.random() < cast_shadows:
+        _cast_shadow(scene, cast, obj[..., 3], x0, int(foot))
     # the object: as near as the ground under it, a little nearer in its middle (it is round)
     ground = scene.ground_depth(foot)
     bulge = blur(obj[..., 3], max(1.0, w / 5))
@@ -98,6 +102,27 @@ def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: 
     image = scene.image + rng.standard_normal(scene.image.shape, dtype=np.float32) * float(rng.uniform(0.0, 0.015))  # sensor noise
     depth = Image.fromarray(to_uint8(scene.depth)).resize((size // 2, size // 2), Image.BILINEAR)
     return {"fg_bg": to_uint8(image), "mask": to_uint8(alpha), "depth": np.asarray(depth)}
+
+
+def _cast_shadow(scene: Scene, rng: np.random.Generator, alpha: np.ndarray, x0: int, foot: int) -> None:
+    """The object's silhouette laid on the ground from its foot, as a low sun throws it: squashed to 15–70% of
+    its height, sheared sideways, away from the camera or towards it, blurred, darkening the ground ×0.5–0.8.
+    Not part of the mask: what changed between the two shots there is light, not an object."""
+    h, w = alpha.shape
+    sh = max(2, int(h * rng.uniform(0.15, 0.7)))
+    shear = float(rng.uniform(-1.5, 1.5))
+    sil = Image.fromarray(to_uint8(alpha)).resize((w, sh), Image.BILINEAR)
+    left = min(0.0, shear * (sh - 1))  # where the sheared shape starts, left of the object's own x0
+    width = w + int(abs(shear) * sh) + 2
+    # output (x, y) takes input (x + left - shear·(sh-1-y), y): the foot row (y = sh-1) stays under the object
+    sil = sil.transform((width, sh), Image.AFFINE, (1, shear, left - shear * (sh - 1), 0, 1, 0), Image.BILINEAR)
+    towards_camera = rng.random() < 0.5
+    if towards_camera:
+        sil = sil.transpose(Image.FLIP_TOP_BOTTOM)
+    sil = sil.filter(ImageFilter.GaussianBlur(max(1.0, sh / 10)))
+    dark = np.zeros((sh, width, 4), np.float32)
+    dark[..., 3] = np.asarray(sil, np.float32) / 255 * float(rng.uniform(0.2, 0.5))
+    paste(scene, dark, x0 + int(left), foot - 1 if towards_camera else foot - sh + 1, None)
 
 
 # ---------------------------------------------------------------- the dataset writer
@@ -126,7 +151,7 @@ def _render_chunk(spec: SynthSpec, items: list[tuple[int, int, int, int]], bgs: 
         files.append((f"{FOLDERS['bg']}/bg_img_{bg_id}.jpg", encode_jpeg(to_uint8(scene.image), 90)))
     for f, b, flip, pos in items:
         key = f"{f}_{b}_{flip}_{pos}"
-        s = render_sample(spec.seed, f, b, flip, pos, spec.size, spec.picture_textures, spec.scene_textures)
+        s = render_sample(spec.seed, f, b, flip, pos, spec.size, spec.picture_textures, spec.scene_textures, spec.cast_shadows)
         quality = int(rng_for(spec.seed, 5, f, b, flip, pos).integers(75, 96))
         files.append((f"{FOLDERS['fg_bg']}/fg_bg_{key}.jpg", encode_jpeg(s["fg_bg"], quality)))
         files.append((f"{FOLDERS['mask']}/bg_mask_{key}.jpg", encode_jpeg(s["mask"], 90)))
@@ -155,7 +180,7 @@ def write_dataset(spec: SynthSpec, workers: int | None = None, progress: bool = 
         raise FgbgError(f"--size must be an even number of pixels ≥ 16, not {spec.size}")
     if spec.batches < 1 or spec.per_batch < 1:
         raise FgbgError("--batches and --per-batch must be at least 1")
-    for name in ("picture_textures", "scene_textures"):
+    for name in ("picture_textures", "scene_textures", "cast_shadows"):
         if not 0 <= getattr(spec, name) <= 1:
             raise FgbgError(f"--{name.replace('_', '-')} must be a share from 0 to 1, not {getattr(spec, name)}")
     root = Path(spec.out)

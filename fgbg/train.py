@@ -116,7 +116,7 @@ def train_func_per_worker(loop_config: dict, worker=None) -> None:
 
     def prepare(batch, size):
         startup.mark("first_batch")
-        return prepare_batch(batch, device, cfg.channels_last, augment_rng, size, cfg.copy_paste, cfg.paste_scene)
+        return prepare_batch(batch, device, cfg.channels_last, augment_rng, size, cfg.copy_paste, cfg.paste_scene, cfg.rescale)
 
     for epoch in range(start.epoch, cfg.epochs):
         t_epoch = time.perf_counter()

@@ -95,3 +95,22 @@ def test_a_camouflaged_paste_wears_the_background_around_it():
     assert len(fits) == 1, fits
     (dy, dx), factor = fits[0]
     assert max(abs(dy), abs(dx)) >= 1 and 0.85 <= factor <= 1.15
+
+
+def test_blow_up_blurs_a_share_of_the_pairs_alike_and_keeps_the_targets_sharp():
+    from fgbg.batch import BLOW_UP, blow_up
+
+    g = torch.Generator().manual_seed(0)
+    n, side = 64, 40
+    noise = torch.rand(n, 3, side, side, generator=g)
+    batch = {"fg_bg": noise, "bg": noise.clone(), "mask": (torch.rand(n, 1, side, side, generator=g) > 0.5).float(),
+             "depth": torch.rand(n, 1, side // 2, side // 2, generator=g)}
+    out = blow_up(batch, 0.5, g)
+    assert out["mask"] is batch["mask"] and out["depth"] is batch["depth"]
+    changed = (out["fg_bg"] != batch["fg_bg"]).flatten(1).any(1)
+    assert 16 < changed.sum() < 48  # about half the samples
+    assert torch.equal(out["fg_bg"], out["bg"])  # the pair alike: their difference shows no seam
+    # a blown-up picture is smoother: its neighbouring pixels differ less than the noise's
+    roughness = (out["fg_bg"][..., 1:] - out["fg_bg"][..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (roughness[changed] < 0.7 * roughness[~changed].min()).all()
+    assert len(BLOW_UP) >= 2 and all(0 < f < 1 for f in BLOW_UP)

@@ -99,3 +99,13 @@ def test_texture_shares_change_only_the_objects_pixels_and_scene_textures_camouf
         bg = (np.clip(make_scene(0, 2, 64).image, 0, 1) * 255).astype(np.float32)
         diffs[shares] = np.mean([np.abs(s["fg_bg"].astype(np.float32) - bg)[s["mask"] >= 128].mean() for s in samples if (s["mask"] >= 128).sum() > 10])
     assert diffs[(1.0, 1.0)] < 0.8 * diffs[(0.0, 0.0)]
+
+
+def test_cast_shadows_darken_the_ground_outside_the_mask_and_change_nothing_else():
+    for fg in range(1, 9):
+        plain, shaded = (render_sample(0, fg, 2, fg % 2, fg, 64, cast_shadows=share) for share in (0.0, 1.0))
+        assert (plain["mask"] == shaded["mask"]).all() and (plain["depth"] == shaded["depth"]).all()
+        a, b = plain["fg_bg"].astype(np.int16), shaded["fg_bg"].astype(np.int16)
+        outside = plain["mask"] < 8
+        assert (b[outside].sum(-1) < a[outside].sum(-1) - 6).sum() >= 6  # a visible shadow, off the object
+        assert (b.sum(-1) <= a.sum(-1)).all()  # only darker: the same noise draws on a darker ground
