@@ -59,28 +59,25 @@ def _start(demo: Path, work: Path) -> dict:
     return out
 
 
-def _search(demo: Path, work: Path, searchers: str = "random,optuna") -> dict:
+def _search(demo: Path, work: Path, search: str) -> dict:
     from fgbg.tune import sweep
 
-    out = {}
-    for search in searchers.split(","):
-        shutil.rmtree(work / "sweeps" / f"recipe-{search}", ignore_errors=True)
-        start = time.perf_counter()
-        r = sweep(str(ROOT / "tune_spaces" / "recipe.yaml"), str(demo / "data"), out=str(work / "sweeps"), name=f"recipe-{search}",
-                  trials=16, scheduler="asha", search=search, cache=str(demo / "cache"),
-                  overrides={"cpus_per_worker": os.cpu_count()})  # one trial at a time, training on every core (as the demo)
-        out[search] = {
-            "seconds": round(time.perf_counter() - start, 1),
-            "trials": len(r["trials"]),
-            "trial_epochs": sum(t["epochs"] for t in r["trials"]),
-            "stopped_early": sum(t["stopped_early"] for t in r["trials"]),
-            "best_objective": round(r["best"]["objective"], 4),
-            "best_iou": round(r["best"]["iou"], 4),
-            "best_ssim": round(r["best"]["ssim"], 4),
-            "best": {k: r["best"][k] for k in r["keys"]},
-            "start_median_s": round(statistics.median(t["start_s"] for t in r["trials"]), 2),
-        }
-    return out
+    shutil.rmtree(work / "sweeps" / f"recipe-{search}", ignore_errors=True)
+    start = time.perf_counter()
+    r = sweep(str(ROOT / "tune_spaces" / "recipe.yaml"), str(demo / "data"), out=str(work / "sweeps"), name=f"recipe-{search}",
+              trials=16, scheduler="asha", search=search, cache=str(demo / "cache"),
+              overrides={"cpus_per_worker": os.cpu_count()})  # one trial at a time, training on every core (as the demo)
+    return {search: {
+        "seconds": round(time.perf_counter() - start, 1),
+        "trials": len(r["trials"]),
+        "trial_epochs": sum(t["epochs"] for t in r["trials"]),
+        "stopped_early": sum(t["stopped_early"] for t in r["trials"]),
+        "best_objective": round(r["best"]["objective"], 4),
+        "best_iou": round(r["best"]["iou"], 4),
+        "best_ssim": round(r["best"]["ssim"], 4),
+        "best": {k: r["best"][k] for k in r["keys"]},
+        "start_median_s": round(statistics.median(t["start_s"] for t in r["trials"]), 2),
+    }}
 
 
 def main() -> None:
@@ -94,8 +91,10 @@ def main() -> None:
         raise SystemExit(f"{demo}/data: no demo data (run `make demo` first)")
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads((OUT / "sweeps.json").read_text()) if (OUT / "sweeps.json").is_file() else {}
-    for stage in args.stages.split(","):
-        got = _start(demo, work) if stage == "start" else _search(demo, work, args.searchers)
+    runs = [("start", None)] if "start" in args.stages.split(",") else []
+    runs += [("search", s) for s in args.searchers.split(",")] if "search" in args.stages.split(",") else []
+    for stage, search in runs:  # each searcher's figures written as soon as its sweep ends
+        got = _start(demo, work) if stage == "start" else _search(demo, work, search)
         results[stage] = {**results.get(stage, {}), **got, "date": time.strftime("%Y-%m-%d %H:%M")}
         (OUT / "sweeps.json").write_text(json.dumps(results, indent=1))
         print(json.dumps({stage: results[stage]}, indent=1), flush=True)
