@@ -41,7 +41,7 @@ from fgbg.synth import SynthSpec, write_dataset  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 # the rows below were measured on fgbg synth before its texture options: drawn textures only (the same bytes as then)
-DRAWN = dict(picture_textures=0.0, scene_textures=0.0)
+DRAWN = dict(picture_textures=0.0, scene_textures=0.0, cast_shadows=0.0)
 # the recipe before this bench, with the block every row below was measured with (fgbg's until 2026-12-02)
 TODAY = dict(diff_input=False, w_dice=0.0, optimizer="adam", schedule="plateau", lr=1e-3, depthwise_norm=True)
 

@@ -2,8 +2,9 @@
 
 `fgbg evaluate` and `fgbg predict` resize every input to the model's size, so a user's small or large pictures
 reach the model as blurred up or sharpened down versions of what it trained on. For each S this writes (once) a
-set of `fgbg synth --size S --seed 555` (one batch of 200 samples, today's defaults) and evaluates the model on
-all of it; the rule (largest RGB difference > 0.1) is scored on the same resized inputs, at the model's size.
+set of `fgbg synth --size S --seed 555 --cast-shadows 0` (one batch of 200 samples: the generator as issue #37
+measured it, before objects threw their own shadows) and evaluates the model on all of it; the rule (largest
+RGB difference > 0.1) is scored on the same resized inputs, at the model's size.
 
     python bench/sizes.py RUN_DIR [--sizes 64,96,128,160,224,320] [--samples 200]
 Prints a table; adds the run's row to bench/out/sizes.json.
@@ -36,7 +37,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         data = OUT / "sizes" / f"synth-{size}-{args.samples}-{args.seed}"
         if not data.exists():
-            write_dataset(SynthSpec(str(data), batches=1, per_batch=args.samples, size=size, seed=args.seed))
+            write_dataset(SynthSpec(str(data), batches=1, per_batch=args.samples, size=size, seed=args.seed, cast_shadows=0.0))
         r = evaluate(args.run, str(data), split="all", out=str(OUT / "sizes" / "eval" / Path(args.run).name / str(size)))
         rows[size] = {"iou": round(r["iou"], 4), "rule_iou": round(r["baseline_iou"], 4), "ssim": round(r["ssim"], 4)}
     print(f"{'size':>6}{'model IoU':>11}{'rule IoU':>10}{'margin':>9}")

@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of objects textured with a crop of a picture instead of a drawn pattern (default 0.3)")
     p.add_argument("--scene-textures", type=float, metavar="SHARE",
                    help="share of samples whose object wears a crop of its own background (default 0.15); "
-                        "0 for both writes what fgbg wrote before these options")
+                        "0 for both, with --cast-shadows 0, writes what fgbg wrote before these options")
     p.add_argument("--cast-shadows", type=float, metavar="SHARE",
-                   help="share of samples whose object also throws its own shape's shadow on the ground, not in the mask (default 0)")
+                   help="share of samples whose object also throws its own shape's shadow on the ground, not in the mask (default 0.5)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_synth)

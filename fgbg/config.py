@@ -19,7 +19,7 @@ OBJECTIVE_METRICS = {"iou", "iou_flat", "ssim", "delta1", "rmse", "loss"}  # rms
 # that lacks one (an older checkpoint, evaluated, predicted or resumed) gets this, not today's default.
 # (The defaults' choices are measured in docs/benchmarks.md, "Model quality"; the original's recipe is LEGACY with lr 1e-3.)
 LEGACY = {"diff_input": False, "w_dice": 0.0, "optimizer": "adam", "schedule": "plateau", "copy_paste": 0.0,
-          "paste_scene": 0.0, "depthwise_norm": True}
+          "paste_scene": 0.0, "rescale": 0.0, "depthwise_norm": True}
 
 
 # What a key allows beyond its type (checked by Config): a test and the words an error says
@@ -141,7 +141,7 @@ class Config:
     # augmentation
     copy_paste: float = 0.5  # share of training samples that get another sample's object pasted on, shadowless (fgbg/batch.py)
     paste_scene: float = 0.6  # share of the pasted objects that wear the background around them instead: camouflage
-    rescale: float = 0.0  # share of training samples seen as a smaller picture enlarged to the model's side (fgbg/batch.py blow_up)
+    rescale: float = 0.3  # share of training samples seen as a smaller picture enlarged to the model's side (fgbg/batch.py blow_up)
     # what "better" means for the best checkpoint's companions and for sweeps: a weighted sum of metrics
     objective: dict = field(default_factory=lambda: {"iou": 0.5, "ssim": 0.5})
     # optimisation

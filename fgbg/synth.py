@@ -4,10 +4,10 @@ Each background is an outdoor or indoor scene: a sky or wall above a horizon, a 
 plane receding to it in perspective, far structures and clutter that appear in both images (so a
 model must compare fg_bg with bg, not just find the salient thing). Each foreground is an object
 with its own shape (figure, animal, plant, blob, polygon, box …), texture and shading; it stands
-on the ground, scaled by perspective, with a soft edge and a contact shadow (the shadow is not in
-the mask). Some foregrounds are tinted towards the colours around them. Depth: brighter = nearer;
-the sky is farthest, the ground nears towards the bottom, an object is as near as the ground it
-stands on. Everything comes from the seed: the same command writes the same bytes.
+on the ground, scaled by perspective, with a soft edge and a contact shadow, and half of them also
+throw their own shape's shadow across the ground (no shadow is in the mask). Some foregrounds
+are tinted towards the colours around them. Depth: brighter = nearer; the sky is farthest, the
+ground nears towards the bottom, an object is as near as the ground it stands on. Everything comes from the seed: the same command writes the same bytes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class SynthSpec:
     positions: int = 20
     picture_textures: float = 0.3  # share of objects textured with a crop of a picture instead of a drawn pattern
     scene_textures: float = 0.15  # share of samples whose object wears a crop of the scene it stands in
-    cast_shadows: float = 0.0  # share of samples whose object also casts its own shape's shadow on the ground
+    cast_shadows: float = 0.5  # share of samples whose object also casts its own shape's shadow on the ground
 
 
 # ---------------------------------------------------------------- samples
@@ -91,7 +91,7 @@ def render_sample(seed: int, fg_id: int, bg_id: int, flip: int, pos: int, size: 
     dark = np.zeros((*shadow.shape, 4), np.float32)
     dark[..., 3] = shadow
     paste(scene, dark, sx0, sy0, None)
-    cast = rng_for(seed, 10, fg_id, bg_id, flip, pos)  # its own draws: with cast_shadows 0, samples are as before
+    cast = rng_for(seed, 10, fg_id, bg_id, flip, pos)  # its own draws: with cast_shadows 0, samples are those of before it
     if cast.random() < cast_shadows:
         _cast_shadow(scene, cast, obj[..., 3], x0, int(foot))
     # the object: as near as the ground under it, a little nearer in its middle (it is round)
