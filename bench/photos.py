@@ -14,7 +14,7 @@ differ is there too: most objects cast a soft shadow (their own silhouette, offs
 falls on, not in the mask), the second shot has its own exposure and white balance (±4% a channel, half of the
 samples) and sensor noise, and both images are saved as JPEG with their own quality; depth is a flat placeholder (photographs have no true depth), so
 only mask IoU counts. The packages are fetched with `apt-get download` at pinned versions (Debian 12) and each file
-used is listed with its sha256 in the set's sources.json: the same versions give the same sets, byte for byte.
+used is listed with its sha256 in the set's sources.json, with each batch's own sha256 to check a rebuild against.
 
     python bench/photos.py build [--out bench/out/photos] [--size 160] [--samples 400]
     python bench/photos.py score RUN_DIR [--final]     # the model's IoU and the rule's on each set
